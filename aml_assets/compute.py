@@ -1,0 +1,156 @@
+"""Compute targets as Dagster resources: Synapse-style Spark pools and CPU clusters."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dagster import ConfigurableResource
+from pydantic import Field, PrivateAttr, field_validator
+
+#: Spark accepts a number of bytes or a number with a k/m/g/t (optionally +b) suffix.
+_MEMORY = re.compile(r"^\d+\s*([kmgtp]b?)?$", re.IGNORECASE)
+
+#: Op tag naming the compute target a step runs on; the executor limits concurrency by it.
+COMPUTE_TAG = "aml/compute_target"
+
+
+def memory_string_problem(value: str) -> str | None:
+    """Why a Spark memory string is invalid, or None if it is valid."""
+    if not isinstance(value, str) or not _MEMORY.match(value.strip()):
+        return (
+            f"'{value}' is not a memory size; use a number with a unit such as '512m', '2g' "
+            "or '1t'"
+        )
+    return None
+
+
+class CpuCluster(ConfigurableResource, ABC):
+    """Where script steps run, and how many may run at once."""
+
+    max_concurrent_steps: int = Field(
+        default=2, ge=1, description="How many steps may run on this target at once."
+    )
+
+    @abstractmethod
+    def start(
+        self, command: Sequence[str], env: Mapping[str, str], cwd: Path
+    ) -> subprocess.Popen[bytes]:
+        """Start a step's process; stdout and stderr must be pipes the caller reads."""
+
+
+class LocalProcessCluster(CpuCluster):
+    """Runs each step as a local process: the embedded default CPU cluster."""
+
+    def start(
+        self, command: Sequence[str], env: Mapping[str, str], cwd: Path
+    ) -> subprocess.Popen[bytes]:
+        # A new session, so a kill of the step reaches everything the script started.
+        return subprocess.Popen(
+            list(command),
+            env=dict(env),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+
+#: Step/pool settings that size the cluster but never change a result: left out of fingerprints.
+SPARK_SIZING_KEYS = frozenset(
+    {
+        "spark.driver.memory",
+        "spark.driver.cores",
+        "spark.executor.memory",
+        "spark.executor.cores",
+        "spark.executor.instances",
+        "spark.app.name",
+        "spark.master",
+        "spark.ui.enabled",
+        "spark.ui.showConsoleProgress",
+    }
+)
+
+
+class SparkPool(ConfigurableResource):
+    """A Synapse-style Spark pool. ``local[*]`` by default; a ``spark://`` master for a cluster.
+
+    The SparkSession is created on first use, so a run whose Spark steps are all reused never
+    starts a JVM. Steps on the pool share one session per process.
+    """
+
+    master: str = Field(default="local[*]", description="Spark master URL, e.g. local[2] or spark://host:7077.")
+    app_name: str = Field(default="aml-assets", description="Spark application name.")
+    driver_memory: str = Field(default="1g", description="spark.driver.memory")
+    driver_cores: int = Field(default=1, ge=1, description="spark.driver.cores")
+    executor_memory: str = Field(default="1g", description="spark.executor.memory")
+    executor_cores: int = Field(default=1, ge=1, description="spark.executor.cores")
+    num_executors: int = Field(default=1, ge=1, description="spark.executor.instances")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark configuration.")
+
+    _session: Any = PrivateAttr(default=None)
+
+    @field_validator("driver_memory", "executor_memory")
+    @classmethod
+    def _valid_memory(cls, value: str) -> str:
+        problem = memory_string_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    def spark_conf(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The full Spark configuration of this pool, with a step's settings applied on top."""
+        conf = {
+            "spark.master": self.master,
+            "spark.app.name": self.app_name,
+            "spark.driver.memory": self.driver_memory,
+            "spark.driver.cores": str(self.driver_cores),
+            "spark.executor.memory": self.executor_memory,
+            "spark.executor.cores": str(self.executor_cores),
+            "spark.executor.instances": str(self.num_executors),
+            "spark.ui.showConsoleProgress": "false",
+            **self.conf,
+        }
+        conf.update(overrides or {})
+        return conf
+
+    def session(self, log: Any, overrides: Mapping[str, str] | None = None) -> Any:
+        """The pool's SparkSession, started (or attached to) on first use."""
+        if self._session is not None:
+            return self._session
+        from pyspark.sql import SparkSession
+
+        conf = self.spark_conf(overrides)
+        running = SparkSession.getActiveSession()
+        started = time.perf_counter()
+        builder = SparkSession.builder
+        for key, value in conf.items():
+            builder = builder.config(key, value)
+        # Spark reads these at JVM start only; setting them here covers a fresh driver.
+        os.environ.setdefault("PYSPARK_PYTHON", _python())
+        self._session = builder.getOrCreate()
+        elapsed = time.perf_counter() - started
+        if running is None:
+            log.info(f"Spark pool started a SparkSession on {conf['spark.master']} in {elapsed:.1f} s")
+        else:
+            log.info(f"Spark pool attached to the running SparkSession ({elapsed:.2f} s)")
+            for key in ("spark.driver.memory", "spark.executor.memory"):
+                actual = self._session.sparkContext.getConf().get(key, None)
+                if actual is not None and actual != conf[key]:
+                    log.warning(
+                        f"{key}={conf[key]} was requested, but the running session has {actual}; "
+                        "JVM sizing applies only when a session starts."
+                    )
+        return self._session
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

@@ -1,0 +1,300 @@
+"""Datasets: declarations (source and output datasets, input modes) and the runtime reference.
+
+A *declaration* (``TabularDataset``, ``FileDataset``, ``OutputDataset``) is what a pipeline author
+writes; it becomes a Dagster asset. A ``DatasetRef`` is what flows between steps at run time: where
+the (immutable) data is, its format, and its content digest.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from aml_assets.errors import DatasetError
+
+if TYPE_CHECKING:
+    from aml_assets.checks import DatasetCheck
+
+TabularFormat = Literal["csv", "parquet"]
+OutputFormat = Literal["csv", "parquet", "files"]
+
+
+class InputMode(str, enum.Enum):
+    """How a step receives a dataset (Azure ML's ``as_download`` / ``as_mount`` / direct)."""
+
+    DOWNLOAD = "download"  #: copied into a private local folder the script may not change anything in
+    MOUNT = "mount"  #: read in place when the store is local, staged from a remote store
+    DIRECT = "direct"  #: the URI itself (local path for a local store), e.g. for Spark readers
+    TABULAR = "tabular"  #: the script loads it through ``Run.input_datasets[name]``
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetInput:
+    """A dataset as one named input of a step; used as a placeholder in step arguments."""
+
+    dataset: DatasetDef
+    name: str
+    mode: InputMode
+
+    def __repr__(self) -> str:
+        return f"<input {self.name}: {self.dataset.name} as {self.mode.value}>"
+
+
+@dataclass(eq=False)
+class DatasetDef:
+    """Common part of every dataset declaration: the asset's name and its checks."""
+
+    name: str
+    description: str | None = None
+    checks: list[DatasetCheck] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def as_input(self, name: str | None = None, mode: InputMode | str = InputMode.DOWNLOAD) -> DatasetInput:
+        """Use this dataset as a step input delivered in ``mode`` (default: download)."""
+        return DatasetInput(self, name or self.name, InputMode(mode))
+
+    def as_download(self, name: str | None = None) -> DatasetInput:
+        """Deliver as a private local copy."""
+        return self.as_input(name, InputMode.DOWNLOAD)
+
+    def as_mount(self, name: str | None = None) -> DatasetInput:
+        """Deliver as a local path read in place (staged when the store is remote)."""
+        return self.as_input(name, InputMode.MOUNT)
+
+    def as_direct(self, name: str | None = None) -> DatasetInput:
+        """Deliver as the URI itself."""
+        return self.as_input(name, InputMode.DIRECT)
+
+    def as_named_input(self, name: str) -> DatasetInput:
+        """Deliver as a tabular dataset the script loads via ``Run.input_datasets[name]``."""
+        return self.as_input(name, InputMode.TABULAR)
+
+
+@dataclass(eq=False)
+class SourceDataset(DatasetDef):
+    """Data that already lives on a datastore (or is seeded into it from a local file)."""
+
+    path: str = ""
+    datastore: str = "workspace"
+    format: OutputFormat = "files"
+    separator: str = ","
+    seed: Path | None = None
+
+
+@dataclass(eq=False)
+class TabularDataset(SourceDataset):
+    """Delimited or Parquet files on a datastore, readable as pandas or Spark DataFrame."""
+
+    @classmethod
+    def from_delimited_files(
+        cls,
+        name: str,
+        path: str,
+        *,
+        datastore: str = "workspace",
+        separator: str = ",",
+        seed: Path | str | None = None,
+        description: str | None = None,
+        checks: list[DatasetCheck] | None = None,
+    ) -> TabularDataset:
+        """Declare CSV (or other delimited) files; ``seed`` uploads a local copy if it is absent."""
+        return cls(
+            name=name,
+            path=path,
+            datastore=datastore,
+            format="csv",
+            separator=separator,
+            seed=Path(seed) if seed else None,
+            description=description,
+            checks=list(checks or []),
+        )
+
+    @classmethod
+    def from_parquet_files(
+        cls,
+        name: str,
+        path: str,
+        *,
+        datastore: str = "workspace",
+        seed: Path | str | None = None,
+        description: str | None = None,
+        checks: list[DatasetCheck] | None = None,
+    ) -> TabularDataset:
+        """Declare Parquet files (a file or a folder of part files)."""
+        return cls(
+            name=name,
+            path=path,
+            datastore=datastore,
+            format="parquet",
+            seed=Path(seed) if seed else None,
+            description=description,
+            checks=list(checks or []),
+        )
+
+
+@dataclass(eq=False)
+class FileDataset(SourceDataset):
+    """Any files on a datastore, delivered to scripts as files."""
+
+    @classmethod
+    def from_files(
+        cls,
+        name: str,
+        path: str,
+        *,
+        datastore: str = "workspace",
+        seed: Path | str | None = None,
+        description: str | None = None,
+    ) -> FileDataset:
+        """Declare a file or folder of files."""
+        return cls(
+            name=name,
+            path=path,
+            datastore=datastore,
+            format="files",
+            seed=Path(seed) if seed else None,
+            description=description,
+        )
+
+
+@dataclass(eq=False)
+class OutputDataset(DatasetDef):
+    """A step's output: a folder the script writes, published atomically and content-addressed.
+
+    ``register()`` makes it a registered dataset: named, with immutable versions 1, 2, 3...
+    """
+
+    format: OutputFormat = "files"
+    datastore: str = "workspace"
+    registered: bool = False
+    separator: str = ","
+
+    def register(
+        self,
+        description: str | None = None,
+        tags: dict[str, str] | None = None,
+        checks: list[DatasetCheck] | None = None,
+    ) -> OutputDataset:
+        """Register this output as a versioned dataset when its step completes."""
+        self.registered = True
+        if description:
+            self.description = description
+        if tags:
+            self.tags.update(tags)
+        if checks:
+            self.checks.extend(checks)
+        return self
+
+    def as_input(self, name: str | None = None, mode: InputMode | str = InputMode.DOWNLOAD) -> DatasetInput:
+        """Use this output as another step's input (the edge the DAG follows)."""
+        return DatasetInput(self, name or self.name, InputMode(mode))
+
+
+class DatasetRef(BaseModel):
+    """Run-time reference to immutable dataset content on a datastore (what steps pass on)."""
+
+    name: str
+    datastore: str
+    path: str
+    uri: str
+    format: OutputFormat
+    content_hash: str
+    separator: str = ","
+    file_count: int = 0
+    byte_count: int = 0
+    version: int | None = None
+    producer: dict[str, Any] | None = None
+    input_versions: dict[str, Any] = {}
+
+    @property
+    def is_tabular(self) -> bool:
+        """Whether the content is a table (CSV or Parquet)."""
+        return self.format in ("csv", "parquet")
+
+
+def tabular_files(root: Path, fmt: str) -> list[Path]:
+    """Data files of a tabular dataset folder, without writer bookkeeping, in a stable order."""
+    if root.is_file():
+        return [root]
+    suffixes = {"parquet": (".parquet",), "csv": (".csv", ".tsv", ".txt", "")}[fmt]
+    files = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and not p.name.startswith(("_", "."))
+        and (p.suffix in suffixes or (fmt == "csv" and p.name.startswith("part-")))
+    ]
+    if not files:
+        raise DatasetError(
+            f"No {fmt} files under '{root}'. A tabular dataset needs at least one data file; "
+            "check that the step wrote its output in the declared format."
+        )
+    return files
+
+
+def read_arrow_table(local_path: Path, fmt: str, separator: str = ",", dataset: str = "?"):
+    """Read a local tabular dataset into a pyarrow Table, with errors naming dataset and file."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    tables = []
+    for f in tabular_files(Path(local_path), fmt):
+        try:
+            if fmt == "parquet":
+                tables.append(pq.read_table(f))
+            else:
+                if f.stat().st_size == 0:
+                    raise DatasetError(
+                        f"Dataset '{dataset}': file '{f}' is empty. A delimited file needs at least "
+                        "a header row; check the upload."
+                    )
+                tables.append(
+                    pacsv.read_csv(f, parse_options=pacsv.ParseOptions(delimiter=separator))
+                )
+        except DatasetError:
+            raise
+        except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:
+            raise DatasetError(
+                f"Dataset '{dataset}': cannot read {fmt} file '{f}': {exc}. Fix the file (every "
+                "row needs the same number of fields; text must be UTF-8) and run again."
+            ) from exc
+    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+def read_pandas(local_path: Path, fmt: str, separator: str = ",", dataset: str = "?"):
+    """Read a local tabular dataset as a pandas DataFrame."""
+    return read_arrow_table(local_path, fmt, separator, dataset).to_pandas()
+
+
+def tabular_stats(local_path: Path, fmt: str, separator: str = ",", dataset: str = "?") -> dict[str, Any]:
+    """Row count, column types and a 5-row preview of a local tabular dataset.
+
+    Parquet answers row count and schema from file footers, so a large output costs little.
+    """
+    import pyarrow.parquet as pq
+
+    if fmt == "parquet":
+        files = tabular_files(Path(local_path), fmt)
+        rows = 0
+        schema = None
+        for f in files:
+            meta = pq.ParquetFile(f)
+            rows += meta.metadata.num_rows
+            schema = schema or meta.schema_arrow
+        first = pq.ParquetFile(files[0])
+        preview = next(first.iter_batches(batch_size=5), None)
+        preview_df = preview.to_pandas() if preview is not None else schema.empty_table().to_pandas()
+    else:
+        table = read_arrow_table(Path(local_path), fmt, separator, dataset)
+        rows, schema = table.num_rows, table.schema
+        preview_df = table.slice(0, 5).to_pandas()
+    return {
+        "row_count": rows,
+        "columns": [[f.name, str(f.type)] for f in schema],
+        "preview": preview_df.to_markdown(index=False),
+    }

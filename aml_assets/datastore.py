@@ -1,0 +1,315 @@
+"""Where bytes live: datastores over fsspec, with atomic publish and exclusive create.
+
+A datastore is a Dagster ``ConfigurableResource``. Every path a user gives is relative to the
+datastore's root and may not escape it. Two primitives make outputs trustworthy on any store:
+
+- ``publish_dir``: a finished local directory becomes visible under a new path in one step
+  (a rename on a local disk; an upload to a fresh, never-reused prefix on object storage);
+- ``create_exclusive``: a small record (a commit marker, a dataset version) is written atomically
+  and never overwrites an existing one (hard link on a local disk; ``If-None-Match: *`` on blob).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fsspec
+import platformdirs
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from aml_assets.errors import DatastoreError
+from aml_assets.fingerprint import ManifestEntry, StatCache, data_manifest
+
+DEFAULT_ROOT_ENV = "AML_DATASTORE_ROOT"
+CACHE_DIR_ENV = "AML_CACHE_DIR"
+
+
+def default_local_root() -> Path:
+    """``$AML_DATASTORE_ROOT`` if set, else ``~/.local/share/aml-assets/datastore`` (per platform)."""
+    configured = os.environ.get(DEFAULT_ROOT_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("aml-assets")) / "datastore"
+
+
+def default_cache_dir() -> Path:
+    """``$AML_CACHE_DIR`` if set, else the platform's user cache folder for aml-assets."""
+    configured = os.environ.get(CACHE_DIR_ENV)
+    return Path(configured) if configured else Path(platformdirs.user_cache_dir("aml-assets"))
+
+
+def open_stat_cache() -> StatCache:
+    """The machine's stat cache (file digests keyed by stat)."""
+    return StatCache(default_cache_dir() / "stat-cache.sqlite")
+
+
+def check_relative_path(datastore: str, rel: str) -> str:
+    """Normalize a datastore-relative path, refusing any that escapes the root."""
+    if not isinstance(rel, str) or rel.strip() == "":
+        raise DatastoreError(
+            f"Datastore '{datastore}': empty path. Give a path relative to the datastore root, "
+            "e.g. 'titanic/titanic.csv'."
+        )
+    posix = PurePosixPath(rel.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or "://" in rel:
+        raise DatastoreError(
+            f"Datastore '{datastore}': path '{rel}' escapes the datastore root. Use a path "
+            "relative to the root without '..' or a scheme, e.g. 'titanic/titanic.csv'."
+        )
+    return posix.as_posix().strip("/")
+
+
+class Datastore(ConfigurableResource, ABC):
+    """Where data lives. Paths given to every method are relative to the datastore's root."""
+
+    name: str = Field(default="workspace", description="Name shown in logs and errors.")
+
+    # --- what an implementation provides -------------------------------------------------
+    @abstractmethod
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        """The fsspec filesystem behind this datastore."""
+
+    @abstractmethod
+    def root_path(self) -> str:
+        """The root as a path on ``filesystem()`` (no scheme)."""
+
+    @abstractmethod
+    def uri(self, rel: str = "") -> str:
+        """A URI for a path (``file:///...`` or ``abfs://container/...``), safe to show."""
+
+    @abstractmethod
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Atomically create a small file; False (and no change) if it already exists."""
+
+    @abstractmethod
+    def publish_dir(self, local_dir: Path, rel: str) -> None:
+        """Make a finished local directory visible at ``rel`` (which must not exist yet)."""
+
+    def storage_options(self) -> dict[str, Any]:
+        """fsspec options for readers such as pandas/pyarrow (``storage_options=``)."""
+        return {}
+
+    def local_path(self, rel: str) -> Path | None:
+        """A local path that reads the data in place, or None if the store is remote."""
+        return None
+
+    def scratch_dir(self, label: str) -> Path:
+        """A fresh local directory for a step to write into before its outputs are published."""
+        return Path(tempfile.mkdtemp(prefix=f"aml-{label}-"))
+
+    def manifest(self, rel: str, cache: StatCache | None = None) -> list[ManifestEntry]:
+        """Content manifest of a file or directory, using the store's checksums when remote."""
+        fs, full = self.filesystem(), self.path(rel)
+        info = self._info(rel)
+        items = [info] if info["type"] == "file" else list(fs.find(full, detail=True).values())
+        entries = []
+        for item in items:
+            rel_name = (
+                PurePosixPath(item["name"]).name
+                if info["type"] == "file"
+                else PurePosixPath(item["name"]).relative_to(full.strip("/")).as_posix()
+            )
+            entries.append(ManifestEntry(rel_name, int(item.get("size") or 0), _remote_digest(item)))
+        return entries
+
+    # --- generic operations over fsspec ---------------------------------------------------
+    def path(self, rel: str) -> str:
+        """The full filesystem path of a datastore-relative path."""
+        rel = check_relative_path(self.name, rel)
+        return f"{self.root_path().rstrip('/')}/{rel}"
+
+    def _info(self, rel: str) -> dict[str, Any]:
+        try:
+            return self.filesystem().info(self.path(rel))
+        except FileNotFoundError as exc:
+            raise DatastoreError(
+                f"Datastore '{self.name}': nothing at '{rel}' ({self.uri(rel)}). Check the path, or "
+                "upload the data first (Datastore.upload_files)."
+            ) from exc
+
+    def exists(self, rel: str) -> bool:
+        """Whether a file or directory exists at ``rel``."""
+        fs = self.filesystem()
+        full = self.path(rel)
+        fs.invalidate_cache(full)
+        return fs.exists(full)
+
+    def is_dir(self, rel: str) -> bool:
+        """Whether ``rel`` is a directory (a prefix, on object storage)."""
+        return self.filesystem().isdir(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The bytes of a file."""
+        try:
+            return self.filesystem().cat_file(self.path(rel))
+        except FileNotFoundError as exc:
+            raise DatastoreError(
+                f"Datastore '{self.name}': no file at '{rel}' ({self.uri(rel)})."
+            ) from exc
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write (or replace) a small file. Not for published data: use create_exclusive."""
+        fs = self.filesystem()
+        full = self.path(rel)
+        fs.makedirs(str(PurePosixPath(full).parent), exist_ok=True)
+        fs.pipe_file(full, data)
+
+    def list_dir(self, rel: str) -> list[str]:
+        """Names directly below ``rel`` (empty if it does not exist)."""
+        fs = self.filesystem()
+        full = self.path(rel)
+        fs.invalidate_cache(full)
+        if not fs.exists(full):
+            return []
+        return sorted(PurePosixPath(p).name for p in fs.ls(full, detail=False))
+
+    def delete(self, rel: str) -> None:
+        """Delete a file or directory tree."""
+        fs = self.filesystem()
+        full = self.path(rel)
+        if fs.exists(full):
+            fs.rm(full, recursive=True)
+        fs.invalidate_cache(full)
+
+    def upload_files(
+        self, files: Iterable[Path | str], target_path: str, overwrite: bool = False
+    ) -> list[str]:
+        """Upload local files under ``target_path`` (like Azure's ``datastore.upload_files``)."""
+        written = []
+        for f in files:
+            f = Path(f)
+            if not f.is_file():
+                raise DatastoreError(f"Cannot upload '{f}' to datastore '{self.name}': no such file.")
+            rel = f"{check_relative_path(self.name, target_path)}/{f.name}"
+            if not overwrite and self.exists(rel):
+                raise DatastoreError(
+                    f"Datastore '{self.name}' already has '{rel}'. Pass overwrite=True to replace it."
+                )
+            fs = self.filesystem()
+            fs.makedirs(str(PurePosixPath(self.path(rel)).parent), exist_ok=True)
+            fs.put_file(str(f), self.path(rel))
+            written.append(rel)
+        return written
+
+    def download(self, rel: str, local_dir: Path) -> Path:
+        """Copy a file or directory to ``local_dir``; returns the local copy's path."""
+        local_dir = Path(local_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        info = self._info(rel)
+        fs, full = self.filesystem(), self.path(rel)
+        target = local_dir / PurePosixPath(rel).name
+        if info["type"] == "file":
+            fs.get_file(full, str(target))
+            return target
+        target.mkdir(parents=True, exist_ok=True)
+        for src in fs.find(full):
+            sub = PurePosixPath(src).relative_to(full.strip("/") if not full.startswith("/") else full)
+            dest = target / sub
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(src, str(dest))
+        return target
+
+
+def _remote_digest(item: dict[str, Any]) -> str:
+    """A content identity for a remote object: its MD5 when the store keeps one, else its ETag."""
+    settings = item.get("content_settings") or {}
+    md5 = settings.get("content_md5") if isinstance(settings, dict) else getattr(settings, "content_md5", None)
+    if md5:
+        return "md5:" + (bytes(md5).hex() if not isinstance(md5, str) else md5)
+    etag = item.get("etag") or item.get("ETag")
+    if etag:
+        return "etag:" + str(etag).strip('"')
+    raise DatastoreError(
+        f"Object '{item.get('name')}' has neither a content MD5 nor an ETag, so its content "
+        "cannot be fingerprinted without downloading it."
+    )
+
+
+class LocalDatastore(Datastore):
+    """A folder on this machine: the embedded default, zero set-up.
+
+    Example:
+        .. code-block:: python
+
+            Definitions(resources={"workspace": LocalDatastore(root="/data/aml")})
+    """
+
+    root: str | None = Field(
+        default=None,
+        description=(
+            "Folder that holds the data. Unset: $AML_DATASTORE_ROOT, else "
+            "~/.local/share/aml-assets/datastore."
+        ),
+    )
+
+    def root_dir(self) -> Path:
+        """The root folder, created on first use."""
+        root = Path(self.root).expanduser().resolve() if self.root else default_local_root()
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        return fsspec.filesystem("file")
+
+    def root_path(self) -> str:
+        return self.root_dir().as_posix()
+
+    def uri(self, rel: str = "") -> str:
+        return (self.root_dir() / check_relative_path(self.name, rel)).as_uri() if rel else self.root_dir().as_uri()
+
+    def local_path(self, rel: str) -> Path:
+        return self.root_dir() / check_relative_path(self.name, rel)
+
+    def scratch_dir(self, label: str) -> Path:
+        # On the datastore's own filesystem, so publishing is a rename, not a copy.
+        scratch = self.root_dir() / "_tmp"
+        scratch.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
+
+    def manifest(self, rel: str, cache: StatCache | None = None) -> list[ManifestEntry]:
+        path = self.local_path(rel)
+        if not path.exists():
+            raise DatastoreError(
+                f"Datastore '{self.name}': nothing at '{rel}' ({path}). Check the path, or upload "
+                "the data first (Datastore.upload_files)."
+            )
+        return data_manifest(path, cache)
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        target = self.local_path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        tmp.write_bytes(data)
+        try:
+            # link() fails if the target exists, and the target appears complete or not at all.
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def publish_dir(self, local_dir: Path, rel: str) -> None:
+        target = self.local_path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(local_dir, target)
+        except OSError:
+            if target.exists():
+                raise DatastoreError(
+                    f"Datastore '{self.name}': '{rel}' already exists; published data is never "
+                    "overwritten."
+                ) from None
+            # Different filesystem (scratch given by the caller): copy, then rename into place.
+            staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.staging"
+            shutil.copytree(local_dir, staging)
+            os.rename(staging, target)
+            shutil.rmtree(local_dir, ignore_errors=True)

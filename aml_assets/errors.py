@@ -1,0 +1,32 @@
+"""One exception family for aml-assets: every error names the object, the problem and the fix."""
+
+from __future__ import annotations
+
+
+class AmlAssetsError(Exception):
+    """Base class of every error aml-assets raises on purpose."""
+
+
+class DatastoreError(AmlAssetsError):
+    """A datastore could not be reached, or a path on it is invalid or missing."""
+
+
+class DatasetError(AmlAssetsError):
+    """A dataset is missing, malformed, or a registered version cannot be read or written."""
+
+
+class PipelineValidationError(AmlAssetsError):
+    """A pipeline definition is invalid; lists every problem found, not just the first."""
+
+    def __init__(self, pipeline: str, problems: list[str]):
+        self.pipeline = pipeline
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"Pipeline '{pipeline}' is invalid ({len(self.problems)} problem"
+            f"{'s' if len(self.problems) != 1 else ''}):\n{lines}"
+        )
+
+
+class StepFailedError(AmlAssetsError):
+    """A step's script failed; carries the tail of its stderr."""

@@ -1,0 +1,127 @@
+"""Steps: a script with arguments, inputs and outputs on a compute target.
+
+``PythonScriptStep`` runs its script as a separate process on a CPU cluster;
+``SynapseSparkStep`` runs it against a Spark pool's session. Inputs and outputs are read from the
+arguments (plus ``inputs=`` for inputs the script finds through ``Run.input_datasets``), so the
+DAG follows the data and is never wired twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from aml_assets.datasets import DatasetInput, OutputDataset
+from aml_assets.parameters import PipelineParameter
+
+Argument = str | int | float | bool | DatasetInput | OutputDataset | PipelineParameter
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The Python environment a step's script runs in.
+
+    ``packages`` are requirement names whose installed versions are part of the step's
+    fingerprint (upgrade scikit-learn and ``train`` reruns). ``python`` runs the script with
+    another interpreter; it needs ``dagster-pipes`` and ``aml-assets``' ``amlrun`` importable.
+    """
+
+    packages: tuple[str, ...] = ()
+    python: str | None = None
+
+
+@dataclass(eq=False)
+class Step:
+    """What every step has. Use ``PythonScriptStep`` or ``SynapseSparkStep``."""
+
+    kind: ClassVar[Literal["python", "spark"]]
+
+    name: str
+    script: str
+    source_directory: Path | str
+    arguments: list[Argument] = field(default_factory=list)
+    inputs: list[DatasetInput] = field(default_factory=list)
+    outputs: list[OutputDataset] = field(default_factory=list)
+    compute_target: str = ""
+    allow_reuse: bool = True
+    hash_paths: list[Path | str] = field(default_factory=list)
+    environment: Environment = field(default_factory=Environment)
+    description: str | None = None
+
+    def __post_init__(self) -> None:
+        self.source_directory = Path(self.source_directory).resolve()
+        self.hash_paths = [Path(p) for p in self.hash_paths]
+
+    @property
+    def script_path(self) -> Path:
+        """Absolute path of the script."""
+        return Path(self.source_directory) / self.script
+
+    def all_inputs(self) -> list[DatasetInput]:
+        """Inputs named in the arguments and in ``inputs=``, each once, in order."""
+        seen: dict[str, DatasetInput] = {}
+        for item in [*self.arguments, *self.inputs]:
+            if isinstance(item, DatasetInput) and item.name not in seen:
+                seen[item.name] = item
+        return list(seen.values())
+
+    def all_outputs(self) -> list[OutputDataset]:
+        """Outputs named in the arguments and in ``outputs=``, each once, in order."""
+        seen: dict[str, OutputDataset] = {}
+        for item in [*self.arguments, *self.outputs]:
+            if isinstance(item, OutputDataset) and item.name not in seen:
+                seen[item.name] = item
+        return list(seen.values())
+
+    def parameters(self) -> list[PipelineParameter]:
+        """Pipeline parameters the step's arguments use."""
+        return [a for a in self.arguments if isinstance(a, PipelineParameter)]
+
+    def settings(self) -> dict[str, Any]:
+        """Step settings that can change the result (part of the fingerprint)."""
+        return {"kind": self.kind, "script": self.script}
+
+
+@dataclass(eq=False)
+class PythonScriptStep(Step):
+    """Runs ``script`` from ``source_directory`` as a process on a CPU cluster."""
+
+    kind: ClassVar[Literal["python", "spark"]] = "python"
+    compute_target: str = "cpucluster"
+
+
+@dataclass(eq=False)
+class SynapseSparkStep(Step):
+    """Runs ``script`` against a Spark pool's session, with Synapse's sizing settings.
+
+    Sizing settings (memory, cores, executors) apply when the pool's session starts and are left
+    out of the fingerprint: they change how fast, not what. ``conf`` entries other than sizing are
+    part of it (``spark.sql.ansi.enabled`` can change a result).
+    """
+
+    kind: ClassVar[Literal["python", "spark"]] = "spark"
+    compute_target: str = "spark01"
+    driver_memory: str | None = None
+    driver_cores: int | None = None
+    executor_memory: str | None = None
+    executor_cores: int | None = None
+    num_executors: int | None = None
+    conf: dict[str, str] = field(default_factory=dict)
+
+    def spark_overrides(self) -> dict[str, str]:
+        """The step's settings as Spark configuration entries."""
+        sizing = {
+            "spark.driver.memory": self.driver_memory,
+            "spark.driver.cores": self.driver_cores,
+            "spark.executor.memory": self.executor_memory,
+            "spark.executor.cores": self.executor_cores,
+            "spark.executor.instances": self.num_executors,
+        }
+        return {**{k: str(v) for k, v in sizing.items() if v is not None}, **self.conf}
+
+    def settings(self) -> dict[str, Any]:
+        from aml_assets.compute import SPARK_SIZING_KEYS
+
+        result_conf = {k: v for k, v in self.conf.items() if k not in SPARK_SIZING_KEYS}
+        return {**super().settings(), "spark_conf": result_conf}

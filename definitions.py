@@ -1,0 +1,100 @@
+"""The reference project: the Azure ML "Spark job on a Synapse Spark pool" sample on Dagster.
+
+titanic (source dataset) -> dataprep (Spark, spark01) -> titanic_prepared (registered)
+                         -> train (Python, cpucluster) -> titanic_model
+"""
+
+from pathlib import Path
+
+from aml_assets import (
+    ExpectedColumns,
+    NotNull,
+    OutputDataset,
+    Pipeline,
+    PipelineParameter,
+    PythonScriptStep,
+    RowCount,
+    SynapseSparkStep,
+    TabularDataset,
+)
+from aml_assets.steps import Environment
+from resources.compute import compute_targets
+from resources.datastores import datastores
+
+HERE = Path(__file__).resolve().parent
+FEATURES = ["Pclass", "Sex", "Age", "SibSp", "Parch", "Fare", "Embarked"]
+
+titanic = TabularDataset.from_delimited_files(
+    name="titanic",
+    path="titanic/titanic.csv",
+    seed=HERE / "data" / "titanic.csv",
+    description="Titanic passenger list (891 passengers), uploaded to the datastore on first use.",
+)
+
+titanic_prepared = OutputDataset("titanic_prepared", format="parquet").register(
+    description="Cleaned Titanic features: Age imputed, Embarked filled, Sex/Embarked encoded.",
+    tags={"sample": "titanic"},
+    checks=[
+        ExpectedColumns(
+            columns={
+                "PassengerId": "int",
+                "Survived": "int",
+                "Pclass": "int",
+                "Sex": "int",
+                "Age": "double",
+                "SibSp": "int",
+                "Parch": "int",
+                "Fare": "double",
+                "Embarked": "int",
+            }
+        ),
+        NotNull(columns=FEATURES),
+        RowCount(min=891, max=891),
+    ],
+)
+
+titanic_model = OutputDataset(
+    "titanic_model", format="files", description="Pickled RandomForest and its metrics."
+)
+
+n_estimators = PipelineParameter("n_estimators", 200, description="Trees in the random forest.")
+
+dataprep = SynapseSparkStep(
+    name="dataprep",
+    script="dataprep.py",
+    source_directory=HERE / "code",
+    arguments=[
+        "--tabular_input", titanic.as_named_input("tabular_input"),
+        "--file_input", titanic.as_direct("file_input"),
+        "--output_dir", titanic_prepared,
+    ],
+    compute_target="spark01",
+    driver_memory="2g",
+    driver_cores=1,
+    executor_memory="2g",
+    executor_cores=1,
+    num_executors=1,
+    description="Clean the Titanic data with Spark on the spark01 pool.",
+)
+
+train = PythonScriptStep(
+    name="train",
+    script="train.py",
+    source_directory=HERE / "code",
+    arguments=[
+        "--prepared", titanic_prepared.as_download("prepared"),
+        "--model_dir", titanic_model,
+        "--n_estimators", n_estimators,
+    ],
+    compute_target="cpucluster",
+    environment=Environment(packages=("scikit-learn", "pandas", "pyarrow")),
+    description="Train a survival classifier on the cpucluster.",
+)
+
+pipeline = Pipeline(
+    "synapse_pipeline",
+    steps=[dataprep, train],
+    description="Spark data preparation of the Titanic data, then training on a CPU cluster.",
+)
+
+defs = pipeline.to_definitions(resources={**compute_targets(), **datastores()})

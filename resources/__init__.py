@@ -1,0 +1,1 @@
+"""The reference project's compute targets and datastores, as configuration."""
