@@ -6,6 +6,8 @@ titanic (source dataset) -> dataprep (Spark, spark01) -> titanic_prepared (regis
 
 from pathlib import Path
 
+from dagster import Definitions
+
 from aml_assets import (
     ExpectedColumns,
     NotNull,
@@ -24,77 +26,89 @@ from resources.datastores import datastores
 HERE = Path(__file__).resolve().parent
 FEATURES = ["Pclass", "Sex", "Age", "SibSp", "Parch", "Fare", "Embarked"]
 
-titanic = TabularDataset.from_delimited_files(
-    name="titanic",
-    path="titanic/titanic.csv",
-    seed=HERE / "data" / "titanic.csv",
-    description="Titanic passenger list (891 passengers), uploaded to the datastore on first use.",
-)
 
-titanic_prepared = OutputDataset("titanic_prepared", format="parquet").register(
-    description="Cleaned Titanic features: Age imputed, Embarked filled, Sex/Embarked encoded.",
-    tags={"sample": "titanic"},
-    checks=[
-        ExpectedColumns(
-            columns={
-                "PassengerId": "int",
-                "Survived": "int",
-                "Pclass": "int",
-                "Sex": "int",
-                "Age": "double",
-                "SibSp": "int",
-                "Parch": "int",
-                "Fare": "double",
-                "Embarked": "int",
-            }
-        ),
-        NotNull(columns=FEATURES),
-        RowCount(min=891, max=891),
-    ],
-)
+def build_pipeline(project_dir: Path = HERE) -> Pipeline:
+    """The reference pipeline, with its scripts and seed data taken from ``project_dir``."""
+    titanic = TabularDataset.from_delimited_files(
+        name="titanic",
+        path="titanic/titanic.csv",
+        seed=project_dir / "data" / "titanic.csv",
+        description="Titanic passenger list (891 passengers), uploaded to the datastore on first use.",
+    )
 
-titanic_model = OutputDataset(
-    "titanic_model", format="files", description="Pickled RandomForest and its metrics."
-)
+    titanic_prepared = OutputDataset("titanic_prepared", format="parquet").register(
+        description="Cleaned Titanic features: Age imputed, Embarked filled, Sex/Embarked encoded.",
+        tags={"sample": "titanic"},
+        checks=[
+            ExpectedColumns(
+                columns={
+                    "PassengerId": "int",
+                    "Survived": "int",
+                    "Pclass": "int",
+                    "Sex": "int",
+                    "Age": "double",
+                    "SibSp": "int",
+                    "Parch": "int",
+                    "Fare": "double",
+                    "Embarked": "int",
+                }
+            ),
+            NotNull(columns=FEATURES),
+            RowCount(min=891, max=891),
+        ],
+    )
 
-n_estimators = PipelineParameter("n_estimators", 200, description="Trees in the random forest.")
+    titanic_model = OutputDataset(
+        "titanic_model", format="files", description="Pickled RandomForest and its metrics."
+    )
 
-dataprep = SynapseSparkStep(
-    name="dataprep",
-    script="dataprep.py",
-    source_directory=HERE / "code",
-    arguments=[
-        "--tabular_input", titanic.as_named_input("tabular_input"),
-        "--file_input", titanic.as_direct("file_input"),
-        "--output_dir", titanic_prepared,
-    ],
-    compute_target="spark01",
-    driver_memory="2g",
-    driver_cores=1,
-    executor_memory="2g",
-    executor_cores=1,
-    num_executors=1,
-    description="Clean the Titanic data with Spark on the spark01 pool.",
-)
+    n_estimators = PipelineParameter("n_estimators", 200, description="Trees in the random forest.")
 
-train = PythonScriptStep(
-    name="train",
-    script="train.py",
-    source_directory=HERE / "code",
-    arguments=[
-        "--prepared", titanic_prepared.as_download("prepared"),
-        "--model_dir", titanic_model,
-        "--n_estimators", n_estimators,
-    ],
-    compute_target="cpucluster",
-    environment=Environment(packages=("scikit-learn", "pandas", "pyarrow")),
-    description="Train a survival classifier on the cpucluster.",
-)
+    dataprep = SynapseSparkStep(
+        name="dataprep",
+        script="dataprep.py",
+        source_directory=project_dir / "code",
+        arguments=[
+            "--tabular_input", titanic.as_named_input("tabular_input"),
+            "--file_input", titanic.as_direct("file_input"),
+            "--output_dir", titanic_prepared,
+        ],
+        compute_target="spark01",
+        driver_memory="2g",
+        driver_cores=1,
+        executor_memory="2g",
+        executor_cores=1,
+        num_executors=1,
+        description="Clean the Titanic data with Spark on the spark01 pool.",
+    )
 
-pipeline = Pipeline(
-    "synapse_pipeline",
-    steps=[dataprep, train],
-    description="Spark data preparation of the Titanic data, then training on a CPU cluster.",
-)
+    train = PythonScriptStep(
+        name="train",
+        script="train.py",
+        source_directory=project_dir / "code",
+        arguments=[
+            "--prepared", titanic_prepared.as_download("prepared"),
+            "--model_dir", titanic_model,
+            "--n_estimators", n_estimators,
+        ],
+        compute_target="cpucluster",
+        environment=Environment(packages=("scikit-learn", "pandas", "pyarrow")),
+        description="Train a survival classifier on the cpucluster.",
+    )
 
-defs = pipeline.to_definitions(resources={**compute_targets(), **datastores()})
+    pipeline = Pipeline(
+        "synapse_pipeline",
+        steps=[dataprep, train],
+        description="Spark data preparation of the Titanic data, then training on a CPU cluster.",
+    )
+    return pipeline
+
+
+def build_definitions(project_dir: Path = HERE, resources: dict | None = None) -> Definitions:
+    """Definitions of the reference project; ``resources`` override the configured ones."""
+    return build_pipeline(project_dir).to_definitions(
+        resources={**compute_targets(), **datastores(), **(resources or {})}
+    )
+
+
+defs = build_definitions()

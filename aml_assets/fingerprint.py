@@ -179,19 +179,53 @@ def walk_files(root: Path, spec: pathspec.PathSpec | None = None) -> list[tuple[
     return sorted(out)
 
 
+def imported_modules(py_file: Path) -> set[str]:
+    """Top-level and dotted module names a Python file imports (statically)."""
+    import ast
+
+    try:
+        tree = ast.parse(py_file.read_bytes(), filename=str(py_file))
+    except (SyntaxError, ValueError):
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names.add(alias.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
 def code_manifest(
-    source_directory: Path, hash_paths: Iterable[Path] = (), cache: StatCache | None = None
+    source_directory: Path,
+    hash_paths: Iterable[Path] = (),
+    cache: StatCache | None = None,
+    sibling_scripts: Iterable[str] = (),
 ) -> dict[str, str]:
     """Digest of every file that makes up a step's code, keyed by a readable path.
 
     Files of the source directory are keyed by their path relative to it; extra ``hash_paths``
-    (files or directories outside it) by their absolute path.
+    (files or directories outside it) by their absolute path. ``sibling_scripts`` are other
+    steps' entry scripts in the same directory: they are left out unless this step's code
+    imports them, so editing ``train.py`` does not rerun ``dataprep`` beside it.
     """
     source_directory = Path(source_directory)
-    files = {
-        rel: hash_file(p, cache)
-        for rel, p in walk_files(source_directory, ignore_spec(source_directory))
-    }
+    listed = walk_files(source_directory, ignore_spec(source_directory))
+    siblings = set(sibling_scripts)
+    if siblings:
+        imported: set[str] = set()
+        for rel, p in listed:
+            if rel.endswith(".py") and rel not in siblings:
+                imported |= imported_modules(p)
+        module_of = {s: s.removesuffix(".py").replace("/", ".") for s in siblings}
+        listed = [
+            (rel, p)
+            for rel, p in listed
+            if rel not in siblings or module_of[rel] in imported
+        ]
+    files = {rel: hash_file(p, cache) for rel, p in listed}
     for extra in hash_paths:
         extra = Path(extra).resolve()
         if extra.is_dir():

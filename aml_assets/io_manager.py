@@ -10,8 +10,8 @@ import json
 from typing import Any
 
 from dagster import (
-    DagsterInvariantViolationError,
     ConfigurableIOManager,
+    DagsterInvariantViolationError,
     InputContext,
     MetadataValue,
     OutputContext,

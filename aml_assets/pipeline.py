@@ -385,6 +385,11 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
         )
         for o in step.all_outputs()
     }
+    siblings = frozenset(
+        s.script
+        for s in pipeline.steps
+        if s is not step and s.source_directory == step.source_directory and s.script != step.script
+    )
     stores = {pipeline.datastore} | {
         d.datastore for d in inputs.values() if isinstance(d, SourceDataset)
     }
@@ -418,6 +423,7 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
             compute=getattr(context.resources, step.compute_target),
             stat_cache=open_stat_cache(),
             dagster_context=context,
+            sibling_scripts=siblings,
         )
         result = execution.execute()
         for name, ref in result.refs.items():

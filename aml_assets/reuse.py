@@ -3,9 +3,11 @@
 Layout on the datastore (every path below ``steps/<step>/``):
 
 - ``<fingerprint>/<attempt>/<output>/``: a published output, never modified;
-- ``<fingerprint>/COMMIT.json``: created exclusively once the outputs are published; a step is
-  reusable only through it, so a failed or killed attempt (no commit) is never reused, and of two
-  runs racing to the same fingerprint exactly one commit wins;
+- ``<fingerprint>/commits/<time>-<attempt>.json``: created once the attempt's outputs are
+  published, never overwritten; a step is reusable only through a commit, so a failed or killed
+  attempt (no commit) is never reused. The newest commit whose outputs still exist wins, so a
+  forced rerun (``allow_reuse=False``, regenerate) becomes what later runs reuse, and two runs
+  racing to one fingerprint each publish a complete, separate attempt;
 - ``runs/<time>-<run_id>.json``: what each run of the step decided and why (for ``explain``).
 
 Keeping the ledger on the datastore, not in Dagster's event log, means reuse works across Dagster
@@ -53,34 +55,40 @@ class StepLedger:
         """Where an attempt publishes one output."""
         return f"{self._base()}/{fingerprint}/{attempt}/{output}"
 
-    def find(self, fingerprint: str) -> tuple[Commit | None, list[str]]:
-        """The commit for a fingerprint and the names of its outputs that have gone missing."""
-        rel = f"{self._base()}/{fingerprint}/COMMIT.json"
-        if not self.datastore.exists(rel):
-            return None, []
-        commit = Commit(**json.loads(self.datastore.read_bytes(rel)))
-        missing = [
-            name for name, out in commit.outputs.items() if not self.datastore.exists(out["path"])
-        ]
-        return commit, missing
+    def _commits_dir(self, fingerprint: str) -> str:
+        return f"{self._base()}/{fingerprint}/commits"
 
-    def commit(self, commit: Commit) -> Commit:
-        """Publish the commit marker; returns the winning commit if another run got there first."""
-        rel = f"{self._base()}/{commit.fingerprint}/COMMIT.json"
-        if self.datastore.create_exclusive(rel, commit.to_json()):
-            return commit
-        winner, missing = self.find(commit.fingerprint)
-        if winner is None:  # pragma: no cover - the marker cannot vanish between two calls
-            raise AmlAssetsError(f"Step '{self.step}': commit marker {rel} vanished; run again.")
-        if missing:
-            # The winner's outputs were deleted by hand: replace the stale marker with ours.
-            self.datastore.delete(rel)
-            return self.commit(commit)
-        return winner
+    def find(self, fingerprint: str) -> tuple[Commit | None, list[Commit]]:
+        """The newest commit of a fingerprint whose outputs all still exist, and the stale ones.
 
-    def forget(self, fingerprint: str) -> None:
-        """Drop the commit marker of a fingerprint whose outputs were deleted."""
-        self.datastore.delete(f"{self._base()}/{fingerprint}/COMMIT.json")
+        A stale commit (outputs deleted by hand) is skipped, never trusted: its step recomputes.
+        """
+        base = self._commits_dir(fingerprint)
+        stale = []
+        for name in reversed(self.datastore.list_dir(base)):
+            if not name.endswith(".json"):
+                continue
+            commit = Commit(**json.loads(self.datastore.read_bytes(f"{base}/{name}")))
+            if all(self.datastore.exists(out["path"]) for out in commit.outputs.values()):
+                return commit, stale
+            stale.append(commit)
+        return None, stale
+
+    def commit(self, commit: Commit, attempt: str) -> None:
+        """Record a published result. Commits are never overwritten: a rerun adds a newer one."""
+        rel = f"{self._commits_dir(commit.fingerprint)}/{time.time_ns():020d}-{attempt}.json"
+        if not self.datastore.create_exclusive(rel, commit.to_json()):  # pragma: no cover
+            raise AmlAssetsError(f"Step '{self.step}': commit {rel} already exists; run again.")
+
+    def forget(self, fingerprint: str, stale: list[Commit]) -> None:
+        """Drop commit records whose outputs were deleted, so they are not checked again."""
+        base = self._commits_dir(fingerprint)
+        run_ids = {c.run_id for c in stale}
+        for name in self.datastore.list_dir(base):
+            if name.endswith(".json"):
+                commit = json.loads(self.datastore.read_bytes(f"{base}/{name}"))
+                if commit["run_id"] in run_ids:
+                    self.datastore.delete(f"{base}/{name}")
 
     def record_run(self, run_id: str, record: dict[str, Any]) -> None:
         """Remember what a run of the step decided (fingerprint, components, reuse, reasons)."""

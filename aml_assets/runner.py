@@ -73,6 +73,7 @@ class StepExecution:
     compute: CpuCluster | SparkPool
     stat_cache: StatCache
     dagster_context: Any = None
+    sibling_scripts: frozenset[str] = frozenset()
     _metrics: dict[str, Any] = field(default_factory=dict)
 
     # --- fingerprint -----------------------------------------------------------------------
@@ -109,7 +110,9 @@ class StepExecution:
         step = self.step
         return StepFingerprint(
             step=step.name,
-            code=code_manifest(Path(step.source_directory), step.hash_paths, self.stat_cache),
+            code=code_manifest(
+                Path(step.source_directory), step.hash_paths, self.stat_cache, self.sibling_scripts
+            ),
             arguments=self.symbolic_arguments(),
             parameters={p.name: self.parameter_values[p.name] for p in step.parameters()},
             inputs={i.name: self.input_refs[i.dataset.name].content_hash for i in step.all_inputs()},
@@ -136,14 +139,13 @@ class StepExecution:
         ledger = StepLedger(self.datastore, step.name)
         previous = ledger.latest_record(exclude_run=self.run_id)
 
-        commit, missing = ledger.find(digest)
-        if commit and missing:
+        commit, stale = ledger.find(digest)
+        if stale:
             log.warning(
-                f"Step '{step.name}': the published output(s) {', '.join(missing)} of run "
-                f"{commit.run_id} were deleted; recomputing."
+                f"Step '{step.name}': the published outputs of run(s) "
+                f"{', '.join(c.run_id for c in stale)} were deleted; they will not be reused."
             )
-            ledger.forget(digest)
-            commit = None
+            ledger.forget(digest, stale)
 
         if commit is not None and step.allow_reuse and not self.regenerate:
             log.info(f"Step '{step.name}' reused outputs of run {commit.run_id} (fingerprint {digest[:12]})")
@@ -153,19 +155,15 @@ class StepExecution:
                 reasons = ["allow_reuse=False"]
             elif self.regenerate:
                 reasons = ["regenerate_outputs was requested"]
+            elif stale and previous and previous.get("fingerprint") == digest:
+                reasons = [f"its published outputs (run {stale[0].run_id}) were deleted; recomputing"]
             else:
                 reasons = explain_difference(
                     previous.get("components") if previous else None, components, self.code_label
-                ) or [f"its outputs for fingerprint {digest[:12]} were deleted"]
+                ) or [f"no published outputs exist for fingerprint {digest[:12]}"]
             log.info(f"Step '{step.name}' runs because {'; '.join(reasons)}")
             commit = self._run_and_publish(ledger, digest, components)
-            reused = commit.run_id != self.run_id
-            if reused:
-                log.info(
-                    f"Step '{step.name}': run {commit.run_id} published the same fingerprint first; "
-                    "using its outputs"
-                )
-            result = self._result_from_commit(commit, reused=reused, reasons=reasons)
+            result = self._result_from_commit(commit, reused=False, reasons=reasons)
 
         ledger.record_run(
             self.run_id,
@@ -263,20 +261,15 @@ class StepExecution:
             # Publish every output, then commit: a reader only ever follows a commit.
             for out in step.all_outputs():
                 self.datastore.publish_dir(out_dirs[out.name], outputs[out.name]["path"])
-            commit = ledger.commit(
-                Commit(
-                    fingerprint=digest,
-                    run_id=self.run_id,
-                    outputs=outputs,
-                    components=components,
-                    created=time.time(),
-                    metrics=dict(self._metrics),
-                )
+            commit = Commit(
+                fingerprint=digest,
+                run_id=self.run_id,
+                outputs=outputs,
+                components=components,
+                created=time.time(),
+                metrics=dict(self._metrics),
             )
-            if commit.run_id != self.run_id:
-                # Lost the race: our identical attempt is redundant.
-                for out in step.all_outputs():
-                    self.datastore.delete(outputs[out.name]["path"])
+            ledger.commit(commit, attempt)
             return commit
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -17,6 +17,7 @@ workspace in a fresh temporary folder that is deleted on exit.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -72,12 +73,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _port_open(host: str, port: int) -> bool:
+def _azurite_answers(host: str, port: int) -> bool:
+    """True once an HTTP request to host:port is answered by Azurite (its Server header).
+
+    A bare TCP connect is not enough: another process could hold the port we picked."""
+    conn = http.client.HTTPConnection(host, port, timeout=1)
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
+        conn.request("GET", f"/{DEV_ACCOUNT_NAME}?comp=list")
+        response = conn.getresponse()
+        response.read()
+        return response.getheader("Server", "").startswith("Azurite-Blob")
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        conn.close()
 
 
 class AzuriteServer:
@@ -141,9 +150,12 @@ class AzuriteServer:
             self.port = free_port(self.host)
             cmd = [
                 str(binary),
-                "--blobHost", self.host,
-                "--blobPort", str(self.port),
-                "--location", str(data),
+                "--blobHost",
+                self.host,
+                "--blobPort",
+                str(self.port),
+                "--location",
+                str(data),
                 "--skipApiVersionCheck",
                 "--disableTelemetry",
                 "--silent",
@@ -182,8 +194,10 @@ class AzuriteServer:
                     f"azurite-blob exited with code {self.process.returncode} before listening "
                     f"on {self.host}:{self.port}.\n{self._logs()}"
                 )
-            if _port_open(self.host, self.port):
-                return
+            if _azurite_answers(self.host, self.port):
+                if self.process.poll() is None:
+                    return
+                continue  # someone else answers on this port; report our exit above
             time.sleep(0.05)
         raise AzuriteStartError(
             f"azurite-blob did not accept connections on {self.host}:{self.port} within "

@@ -1,0 +1,431 @@
+"""Benchmark of step reuse: every figure is measured in ONE run, ratios against same-run baselines.
+
+    .venv/bin/python bench/reuse.py                 # full run (1 GB fingerprint file)
+    .venv/bin/python bench/reuse.py --size-mb 64    # quick smoke run
+    .venv/bin/python bench/reuse.py 2>bench.log     # stdout: the final table only
+
+Three measurements (machines are noisy, so each series is a median and the series that are
+compared with each other are interleaved run by run, so that drift hits both alike):
+
+1. ``synapse_pipeline`` (reference project, ``local[2]`` Spark): a cold run (includes the Spark
+   JVM start and the first training), then fully reused reruns, against a floor: a no-op Dagster
+   asset job of the same size (3 trivial assets in a chain) on the same kind of instance, executed
+   the same way (``execute_in_process``, i.e. the in-process executor). The reference job also has
+   3 asset checks on ``titanic_prepared`` (3 more Dagster steps); a second, informational floor
+   with 3 no-op checks shows what those cost in Dagster alone.
+2. Fingerprinting one big file: ``hash_file`` without a stat-cache entry versus ``hashlib.sha256``
+   over the same bytes (both read from the page cache: the file was just written), then a warm
+   ``hash_file`` answered by the ``StatCache``.
+3. Per-step overhead of a trivial ``PythonScriptStep`` run with ``allow_reuse=False``, against the
+   same script run directly with ``subprocess.run`` and a no-op single-asset Dagster job.
+
+The datastore root and the stat cache live in a temporary directory (``AML_DATASTORE_ROOT`` and
+``AML_CACHE_DIR`` are set before anything runs), the Dagster instance is a temporary SQLite one
+(``--instance ephemeral`` for an in-memory one); all of it is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import hashlib
+import io
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Targets from the brief.
+TARGET_REUSED_OVER_FLOOR = 1.3
+TARGET_HASH_OVER_SHA256 = 2.0
+TARGET_WARM_HASH_S = 0.020
+TARGET_STEP_OVERHEAD_S = 0.15
+
+#: Console logging of every Dagster run (the floors too): warnings only, so stdout stays readable.
+#: Events are still written to the instance's event log, which is part of what is measured.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+TRIVIAL_SCRIPT = '''\
+import sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+out.mkdir(parents=True, exist_ok=True)
+(out / "hello.txt").write_text("hello\\n")
+'''
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr; stdout carries only the final table."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def spread(xs: list[float]) -> str:
+    return f"min {min(xs):.3f} / max {max(xs):.3f} s, n={len(xs)}"
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Step scripts' stdout (forwarded by the runner to sys.stdout) must not mix with the table."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+@dataclass
+class Row:
+    section: str
+    label: str
+    value: str
+    target: str = ""
+    verdict: str = ""
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, section: str, label: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        verdict = "" if ok is None else ("OK" if ok else "MISSED")
+        self.rows.append(Row(section, label, value, target, verdict))
+
+    def render(self) -> str:
+        w_label = max(len(r.label) for r in self.rows)
+        w_value = max(len(r.value) for r in self.rows)
+        w_target = max(len(r.target) for r in self.rows)
+        lines = []
+        section = None
+        for r in self.rows:
+            if r.section != section:
+                section = r.section
+                lines.append("")
+                lines.append(section)
+                lines.append("-" * len(section))
+            lines.append(
+                f"  {r.label:<{w_label}}  {r.value:>{w_value}}  {r.target:<{w_target}}  {r.verdict}".rstrip()
+            )
+        if self.notes:
+            lines.append("")
+            lines.append("Notes")
+            lines.append("-----")
+            lines.extend(f"  - {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def run_job(defs, name: str, instance) -> None:
+    with stdout_to_stderr():
+        result = defs.resolve_job_def(name).execute_in_process(
+            instance=instance, run_config=QUIET, raise_on_error=False
+        )
+    if not result.success:
+        raise RuntimeError(f"job {name} failed during the benchmark")
+
+
+def floor_defs(n_assets: int, n_checks: int = 0):
+    """A no-op asset job: ``n_assets`` trivial assets in a chain, plus ``n_checks`` no-op checks."""
+    from dagster import AssetCheckResult, AssetKey, Definitions, asset, asset_check, define_asset_job
+
+    assets = []
+    prev = None
+    for i in range(n_assets):
+        deps = [prev] if prev is not None else []
+
+        def make(i=i, deps=deps):
+            @asset(name=f"noop_{i}", deps=deps)
+            def _noop():
+                return None
+
+            return _noop
+
+        a = make()
+        assets.append(a)
+        prev = a
+    checks = []
+    for j in range(n_checks):
+
+        def make_check(j=j):
+            @asset_check(asset=AssetKey(f"noop_{min(1, n_assets - 1)}"), name=f"noop_check_{j}", blocking=True)
+            def _check():
+                return AssetCheckResult(passed=True)
+
+            return _check
+
+        checks.append(make_check())
+    job = define_asset_job("floor", selection=[a.key for a in assets])
+    return Definitions(assets=assets, asset_checks=checks, jobs=[job])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Reuse of the reference pipeline
+
+
+def bench_pipeline(report: Report, tmp: Path, instance, reruns: int, profile: bool) -> None:
+    from aml_assets import LocalDatastore, SparkPool
+
+    sys.path.insert(0, str(REPO))
+    import definitions
+
+    # A private copy of the project's scripts and data: edits to the repo during the run (another
+    # engineer is working in it) must not change fingerprints between the cold run and reruns.
+    project = tmp / "project"
+    shutil.copytree(REPO / "code", project / "code", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "data", project / "data")
+    spark = SparkPool(
+        master="local[2]",
+        driver_memory="1g",
+        executor_memory="1g",
+        conf={"spark.sql.shuffle.partitions": "2", "spark.ui.enabled": "false"},
+    )
+    defs = definitions.build_definitions(
+        project, resources={"spark01": spark, "workspace": LocalDatastore(name="workspace")}
+    )
+    floor = floor_defs(3)
+    floor_checks = floor_defs(3, n_checks=3)
+    for d, n in ((defs, "synapse_pipeline"), (floor, "floor"), (floor_checks, "floor")):
+        d.resolve_job_def(n)  # build the job outside the timings
+
+    log("synapse_pipeline: cold run (Spark JVM start + dataprep + train)")
+    cold = timed(lambda: run_job(defs, "synapse_pipeline", instance))
+    log(f"  cold {cold:.2f} s; warming up the floors")
+    run_job(floor, "floor", instance)
+    run_job(floor_checks, "floor", instance)
+
+    reused, floors, floors_checks = [], [], []
+    for i in range(reruns):
+        reused.append(timed(lambda: run_job(defs, "synapse_pipeline", instance)))
+        floors.append(timed(lambda: run_job(floor, "floor", instance)))
+        floors_checks.append(timed(lambda: run_job(floor_checks, "floor", instance)))
+        log(f"  rerun {i + 1}: reused {reused[-1]:.3f} s, floor {floors[-1]:.3f} s, "
+            f"floor+checks {floors_checks[-1]:.3f} s")
+
+    m_reused, m_floor, m_floor_c = median(reused), median(floors), median(floors_checks)
+    sec = "1. synapse_pipeline reuse (execute_in_process, in-process executor)"
+    report.add(sec, "cold run (incl. Spark JVM start, train)", f"{cold:.2f} s")
+    report.add(sec, "reused rerun, median", f"{m_reused:.3f} s", f"({spread(reused)})")
+    report.add(sec, "floor: 3 no-op assets, median", f"{m_floor:.3f} s", f"({spread(floors)})")
+    report.add(sec, "floor + 3 no-op checks, median (info)", f"{m_floor_c:.3f} s", f"({spread(floors_checks)})")
+    report.add(sec, "reused / cold", f"{m_reused / cold:.3f}")
+    ratio = m_reused / m_floor
+    report.add(sec, "reused / floor", f"{ratio:.2f}x", f"target <= {TARGET_REUSED_OVER_FLOOR}x",
+               ratio <= TARGET_REUSED_OVER_FLOOR)
+    report.add(sec, "reused / (floor + checks) (info)", f"{m_reused / m_floor_c:.2f}x")
+
+    if profile or ratio > TARGET_REUSED_OVER_FLOOR:
+        # One more reused rerun under cProfile, after the measurements (profiling slows it down).
+        log("  profiling one more reused rerun")
+        prof = cProfile.Profile()
+        prof.enable()
+        run_job(defs, "synapse_pipeline", instance)
+        prof.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out).sort_stats("cumulative")
+        stats.print_stats(r"aml_assets|amlrun|fsspec|sqlite3|pyarrow|blake3", 25)
+        report.notes.append(
+            "profile of one reused rerun (cumulative, aml_assets & I/O only) printed to stderr"
+        )
+        print(out.getvalue(), file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Fingerprinting a big file
+
+
+def bench_hash(report: Report, tmp: Path, size_mb: int, reps: int = 3) -> None:
+    from aml_assets.fingerprint import RACY_WINDOW_NS, StatCache, hash_file
+
+    big_dir = Path(tempfile.mkdtemp(prefix="aml-bench-big-", dir=tmp))
+    big = big_dir / "big.bin"
+    log(f"writing a {size_mb} MB file")
+    block = os.urandom(16 * 1024 * 1024)
+    remaining = size_mb * 1024 * 1024
+    with open(big, "wb") as fh:
+        while remaining > 0:
+            n = min(remaining, len(block))
+            fh.write(block[:n])
+            remaining -= n
+    size = big.stat().st_size
+    gb = size / 1e9
+
+    # The stat cache refuses ("racily clean") any entry recorded less than RACY_WINDOW_NS (2 s)
+    # after the file's mtime: the file could still be rewritten within the same timestamp tick
+    # without its stat changing, so such an entry is re-hashed on purpose (git's racy-index rule).
+    # The file was written a moment ago, so without this every "warm" lookup would re-hash the
+    # whole file. Backdating mtime by an hour stands for a file that has been sitting on disk.
+    st = big.stat()
+    backdate_ns = 3600 * 1_000_000_000
+    assert backdate_ns > RACY_WINDOW_NS
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns - backdate_ns))
+
+    def sha256() -> str:
+        with open(big, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    # Page cache warm-up, so neither contender pays the disk read (the file was just written, so
+    # it is cached already on a machine with enough RAM; this makes sure).
+    sha256()
+
+    cold, shas = [], []
+    for i in range(reps):
+        # "Cold" = no stat-cache entry: a fresh, empty StatCache each time, so hash_file does the
+        # lookup, hashes the bytes and stores the entry, exactly as on a file's first sighting.
+        cache = StatCache(tmp / f"cold-cache-{i}" / "stat-cache.sqlite")
+        cold.append(timed(lambda: hash_file(big, cache)))
+        cache.close()
+        shas.append(timed(sha256))
+        log(f"  rep {i + 1}: hash_file {cold[-1]:.3f} s, sha256 {shas[-1]:.3f} s")
+
+    # Warm: the entry exists (recorded now, more than 2 s after the backdated mtime).
+    cache = StatCache(tmp / "cache" / "stat-cache.sqlite")
+    first = hash_file(big, cache)
+    warm = []
+    for _ in range(50):
+        t = time.perf_counter()
+        digest = hash_file(big, cache)
+        warm.append(time.perf_counter() - t)
+    assert digest == first
+    # Cross-check that the warm answer came from the cache, not from a (fast) re-hash.
+    hit = cache.lookup(big.stat()) is not None
+    cache.close()
+    shutil.rmtree(big_dir)
+    log("  big file deleted")
+
+    m_cold, m_sha = median(cold), median(shas)
+    sec = f"2. fingerprinting a {size / 2**20:.0f} MiB file (page cache warm for both)"
+    report.add(sec, "hash_file, no cache entry, median", f"{gb / m_cold:.2f} GB/s", f"({m_cold:.3f} s, n={reps})")
+    report.add(sec, "hashlib.sha256 (file_digest), median", f"{gb / m_sha:.2f} GB/s", f"({m_sha:.3f} s, n={reps})")
+    ratio = m_sha / m_cold
+    report.add(sec, "hash_file / sha256 throughput", f"{ratio:.2f}x", f"target >= {TARGET_HASH_OVER_SHA256}x",
+               ratio >= TARGET_HASH_OVER_SHA256)
+    m_warm = median(warm)
+    report.add(sec, "warm hash_file (StatCache hit), median", f"{m_warm * 1e3:.3f} ms",
+               f"target <= {TARGET_WARM_HASH_S * 1e3:.0f} ms (max {max(warm) * 1e3:.3f} ms, n={len(warm)})",
+               m_warm <= TARGET_WARM_HASH_S and hit)
+    if size < 256 * 2**20:
+        report.notes.append(f"fingerprint file shrunk to {size_mb} MB (--size-mb): throughput not comparable")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Per-step overhead of a trivial script step
+
+
+def bench_step(report: Report, tmp: Path, instance, runs: int) -> None:
+    from aml_assets import LocalDatastore, LocalProcessCluster, OutputDataset, Pipeline, PythonScriptStep
+
+    src = tmp / "trivial"
+    src.mkdir()
+    script = src / "write_one.py"
+    script.write_text(TRIVIAL_SCRIPT)
+    step = PythonScriptStep(
+        name="write_one",
+        script=script.name,
+        source_directory=src,
+        arguments=[OutputDataset("one_file", format="files")],
+        allow_reuse=False,
+    )
+    defs = Pipeline("trivial_pipeline", steps=[step]).to_definitions(
+        resources={"workspace": LocalDatastore(name="workspace"), "cpucluster": LocalProcessCluster()}
+    )
+    floor = floor_defs(1)
+    defs.resolve_job_def("trivial_pipeline")
+    floor.resolve_job_def("floor")
+    direct_out = tmp / "direct-out"
+
+    def direct() -> None:
+        shutil.rmtree(direct_out, ignore_errors=True)
+        subprocess.run([sys.executable, str(script), str(direct_out)], check=True)
+
+    # Warm-ups (first job execution imports Dagster's Pipes machinery, etc.).
+    run_job(defs, "trivial_pipeline", instance)
+    run_job(floor, "floor", instance)
+    direct()
+
+    steps, directs, floors = [], [], []
+    for i in range(runs):
+        steps.append(timed(lambda: run_job(defs, "trivial_pipeline", instance)))
+        directs.append(timed(direct))
+        floors.append(timed(lambda: run_job(floor, "floor", instance)))
+        log(f"  run {i + 1}: step {steps[-1]:.3f} s, direct {directs[-1]:.3f} s, floor {floors[-1]:.3f} s")
+
+    m_step, m_direct, m_floor = median(steps), median(directs), median(floors)
+    overhead = m_step - m_floor - m_direct
+    sec = "3. per-step overhead of a trivial PythonScriptStep (allow_reuse=False)"
+    report.add(sec, "step run: 1-step job, median", f"{m_step:.3f} s", f"({spread(steps)})")
+    report.add(sec, "direct: subprocess.run(script), median", f"{m_direct:.3f} s", f"({spread(directs)})")
+    report.add(sec, "floor: no-op 1-asset job, median", f"{m_floor:.3f} s", f"({spread(floors)})")
+    report.add(sec, "step overhead = step - floor - direct", f"{overhead:.3f} s",
+               f"target <= {TARGET_STEP_OVERHEAD_S} s", overhead <= TARGET_STEP_OVERHEAD_S)
+    report.notes.append(
+        "step overhead = median(step run) - median(no-op 1-asset job) - median(direct subprocess): "
+        "what aml-assets adds on top of Dagster running one asset and of Python running the script "
+        "(fingerprinting, ledger, Pipes session, amlrun.launch + dagster_pipes import, publish, commit)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024, help="size of the fingerprinted file (default 1024)")
+    parser.add_argument("--reruns", type=int, default=5, help="reruns per median (>= 5 recommended)")
+    parser.add_argument("--instance", choices=("sqlite", "ephemeral"), default="sqlite",
+                        help="temporary SQLite Dagster instance (default) or an in-memory one")
+    parser.add_argument("--profile", action="store_true", help="profile a reused rerun even if on target")
+    args = parser.parse_args(argv)
+
+    wall = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="aml-bench-"))
+    # Set before anything reads them (the library reads them at call time, per run).
+    os.environ["AML_DATASTORE_ROOT"] = str(tmp / "datastore")
+    os.environ["AML_CACHE_DIR"] = str(tmp / "cache")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+    from dagster import DagsterInstance
+
+    report = Report()
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.instance == "sqlite":
+                (tmp / "dagster").mkdir()
+                instance = stack.enter_context(DagsterInstance.local_temp(tempdir=str(tmp / "dagster")))
+            else:
+                instance = stack.enter_context(DagsterInstance.ephemeral())
+            bench_pipeline(report, tmp, instance, args.reruns, args.profile)
+            bench_hash(report, tmp, args.size_mb)
+            log("trivial step")
+            bench_step(report, tmp, instance, args.reruns)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    report.notes.insert(0, f"Dagster instance: {args.instance} (temporary); {os.cpu_count()} CPUs; "
+                           f"Python {sys.version.split()[0]}; whole benchmark {time.perf_counter() - wall:.0f} s")
+    print(report.render().lstrip("\n"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Step reuse on the real reference pipeline: what reruns, what is reused, and why."""
+
+from __future__ import annotations
+
+import pytest
+
+from aml_assets import DatasetRegistry
+from aml_assets.reuse import StepLedger
+from tests.support.runs import (
+    log_messages,
+    materializations,
+    reference_defs,
+    reused,
+    run_job,
+    touch_later,
+)
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+
+@pytest.fixture
+def baseline(project, spark_pool, instance):
+    """The reference pipeline after one complete run."""
+    defs = reference_defs(project, spark_pool)
+    first = run_job(defs, instance)
+    assert first.success
+    return defs, first
+
+
+def _spark_used(instance, run_id) -> bool:
+    return any("SparkSession" in m for m in log_messages(instance, run_id))
+
+
+def test_second_run_reuses_everything_without_starting_spark(baseline, instance):
+    defs, first = baseline
+    second = run_job(defs, instance)
+    assert second.success
+    assert reused(second) == {"titanic_prepared": True, "titanic_model": True}
+    assert not _spark_used(instance, second.run_id)
+    assert _spark_used(instance, first.run_id)
+    a, b = materializations(first), materializations(second)
+    for name in ("titanic_prepared", "titanic_model"):
+        assert a[name]["content_hash"] == b[name]["content_hash"]
+        assert b[name]["reused_from_run"] == first.run_id
+    assert b["titanic_model"]["accuracy"] == a["titanic_model"]["accuracy"]
+    # Same content: the registered dataset keeps version 1.
+    assert b["titanic_prepared"]["dataset_version"] == 1
+    assert b["titanic_prepared"]["dataset_version_created"] is False
+    messages = log_messages(instance, second.run_id)
+    assert any(f"Step 'train' reused outputs of run {first.run_id}" in m for m in messages)
+
+
+def test_editing_train_script_reruns_only_train(baseline, project, instance):
+    defs, _ = baseline
+    with open(project / "code" / "train.py", "a") as fh:
+        fh.write("\n# a change to the training code\n")
+    second = run_job(defs, instance)
+    assert second.success
+    assert reused(second) == {"titanic_prepared": True, "titanic_model": False}
+    assert "script code/train.py changed" in materializations(second)["titanic_model"]["runs_because"]
+
+
+def test_editing_csv_contents_reruns_both_and_mints_a_dataset_version(baseline, instance, datastore):
+    defs, _ = baseline
+    csv = datastore.local_path("titanic/titanic.csv")
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].replace(",22,", ",23,")  # first passenger's age
+    csv.write_text("\n".join(lines) + "\n")
+    second = run_job(defs, instance)
+    assert second.success
+    assert reused(second) == {"titanic_prepared": False, "titanic_model": False}
+    mats = materializations(second)
+    assert "input tabular_input changed" in mats["titanic_prepared"]["runs_because"]
+    assert mats["titanic_prepared"]["dataset_version"] == 2
+    registry = DatasetRegistry(datastore)
+    assert registry.versions("titanic_prepared") == [1, 2]
+    assert len(registry.get("titanic_prepared", 1).to_pandas_dataframe()) == 891
+    assert registry.get("titanic_prepared", 2).lineage["run_id"] == second.run_id
+
+
+def test_touching_csv_reuses_both(baseline, instance, datastore):
+    defs, _ = baseline
+    touch_later(datastore.local_path("titanic/titanic.csv"))
+    second = run_job(defs, instance)
+    assert second.success
+    assert reused(second) == {"titanic_prepared": True, "titanic_model": True}
+
+
+def test_allow_reuse_false_always_reruns(project, spark_pool, instance):
+    import definitions
+
+    pipeline = definitions.build_pipeline(project)
+    train = next(s for s in pipeline.steps if s.name == "train")
+    train.allow_reuse = False
+    from aml_assets import LocalDatastore
+
+    defs = pipeline.to_definitions(
+        {**definitions.compute_targets(), "spark01": spark_pool, "workspace": LocalDatastore()}
+    )
+    for _ in range(2):
+        result = run_job(defs, instance)
+        assert result.success
+        assert reused(result)["titanic_model"] is False
+        assert materializations(result)["titanic_model"]["runs_because"] == "allow_reuse=False"
+    assert reused(result)["titanic_prepared"] is True
+
+
+@pytest.mark.parametrize("how", ["run_config", "tag"])
+def test_regenerate_switch_reruns_everything(baseline, instance, how):
+    defs, _ = baseline
+    if how == "run_config":
+        second = run_job(defs, instance, run_config={"resources": {"pipeline": {"config": {"regenerate_outputs": True}}}})
+    else:
+        second = run_job(defs, instance, tags={"aml/regenerate_outputs": "true"})
+    assert second.success
+    assert reused(second) == {"titanic_prepared": False, "titanic_model": False}
+    assert materializations(second)["titanic_model"]["runs_because"] == "regenerate_outputs was requested"
+
+
+def test_upstream_rerun_with_identical_bytes_lets_downstream_reuse(baseline, project, instance):
+    defs, first = baseline
+    with open(project / "code" / "dataprep.py", "a") as fh:
+        fh.write("\n# comment only: the data it writes is identical\n")
+    second = run_job(defs, instance)
+    assert second.success
+    # dataprep's code changed so it reran, but its output bytes are identical, so train is reused.
+    assert reused(second) == {"titanic_prepared": False, "titanic_model": True}
+    assert (
+        materializations(second)["titanic_prepared"]["content_hash"]
+        == materializations(first)["titanic_prepared"]["content_hash"]
+    )
+
+
+def test_deleted_output_is_recomputed(baseline, instance, datastore):
+    defs, first = baseline
+    published = datastore.local_path(first.output_for_node("train", "titanic_model").path)
+    import shutil
+
+    shutil.rmtree(published)
+    second = run_job(defs, instance)
+    assert second.success
+    assert reused(second) == {"titanic_prepared": True, "titanic_model": False}
+    assert "were deleted; recomputing" in materializations(second)["titanic_model"]["runs_because"]
+    assert (datastore.local_path(second.output_for_node("train", "titanic_model").path) / "model.pkl").is_file()
+
+
+def test_data_version_is_the_content_hash(baseline, instance):
+    from dagster import AssetKey
+
+    _, first = baseline
+    record = instance.get_latest_materialization_event(AssetKey("titanic_prepared"))
+    mat = record.asset_materialization
+    assert mat.tags["dagster/data_version"] == mat.metadata["content_hash"].value
+
+
+def test_ledger_records_every_decision(baseline, instance, datastore):
+    defs, first = baseline
+    second = run_job(defs, instance)
+    records = StepLedger(datastore, "train").run_records()
+    assert [r["run_id"] for r in records] == [first.run_id, second.run_id]
+    assert [r["reused"] for r in records] == [False, True]
+    assert records[0]["reasons"] == ["no previous run"]
