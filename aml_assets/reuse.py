@@ -23,6 +23,7 @@ from typing import Any
 
 from aml_assets.datastore import Datastore
 from aml_assets.errors import AmlAssetsError
+from aml_assets.fingerprint import explain_difference
 
 
 @dataclass
@@ -126,3 +127,32 @@ class StepLedger:
                 f"Run id prefix '{run_id}' matches several runs of step '{self.step}'; give more of it."
             )
         return json.loads(self.datastore.read_bytes(f"{base}/{matches[-1]}"))
+
+    def explain(self, run: str | None = None, against: str | None = None) -> tuple[dict, dict | None, list[str]]:
+        """Why ``run`` (default: the latest) did or did not reuse, compared with ``against``.
+
+        ``against`` defaults to the run recorded just before ``run``. Returns (record of run,
+        record compared with or None, reasons); no reasons means the fingerprints are equal.
+        """
+        records = self.run_records()
+        if not records:
+            raise AmlAssetsError(
+                f"Step '{self.step}' has no recorded runs on datastore '{self.datastore.name}'. "
+                "Run its pipeline first (or point at the datastore it ran on)."
+            )
+        current = self.record_for_run(run) if run else records[-1]
+        if against:
+            other = self.record_for_run(against)
+        else:
+            index = next(i for i, r in enumerate(records) if r["run_id"] == current["run_id"])
+            other = records[index - 1] if index > 0 else None
+        prefix = current.get("code_prefix", "")
+
+        def label(path: str) -> str:
+            return path if path.startswith("/") or not prefix else f"{prefix}/{path}"
+
+        if other is not None and other["fingerprint"] == current["fingerprint"]:
+            return current, other, []
+        return current, other, explain_difference(
+            other["components"] if other else None, current["components"], label
+        )

@@ -174,6 +174,7 @@ class StepExecution:
                 "reused": result.reused,
                 "reused_from_run": result.reused_from_run,
                 "reasons": result.reasons,
+                "code_prefix": Path(step.source_directory).name,
                 "created": time.time(),
             },
         )
@@ -340,6 +341,9 @@ class StepExecution:
                 **session.get_bootstrap_env_vars(),
                 CONTEXT_ENV: str(ctx_file),
                 "PYTHONUNBUFFERED": "1",
+                # The launcher puts the script's folder on sys.path itself, after its own imports,
+                # so a script named like a stdlib module (copy.py) cannot break the launcher.
+                "PYTHONSAFEPATH": "1",
                 "PYTHONPATH": os.pathsep.join(
                     p for p in (_amlrun_root(), os.environ.get("PYTHONPATH")) if p
                 ),

@@ -160,3 +160,63 @@ def test_ledger_records_every_decision(baseline, instance, datastore):
     assert [r["run_id"] for r in records] == [first.run_id, second.run_id]
     assert [r["reused"] for r in records] == [False, True]
     assert records[0]["reasons"] == ["no previous run"]
+
+
+def _explain(datastore, step, **kw) -> list[str]:
+    return StepLedger(datastore, step).explain(**kw)[2]
+
+
+def test_explain_names_what_changed_in_each_case(baseline, project, instance, datastore):
+    """The explain API and CLI name the changed component: code, input, parameter, or nothing."""
+    import io
+
+    from aml_assets.cli import main
+
+    defs, first = baseline
+    touch_later(datastore.local_path("titanic/titanic.csv"))
+    touched = run_job(defs, instance)
+    assert _explain(datastore, "dataprep") == [] and _explain(datastore, "train") == []
+
+    with open(project / "code" / "train.py", "a") as fh:
+        fh.write("\n# edited\n")
+    edited = run_job(defs, instance)
+    assert _explain(datastore, "train") == ["script code/train.py changed"]
+
+    param = run_job(defs, instance, run_config={"resources": {"pipeline": {"config": {"n_estimators": 50}}}})
+    assert _explain(datastore, "train") == ["parameter n_estimators changed (200 -> 50)"]
+
+    csv = datastore.local_path("titanic/titanic.csv")
+    csv.write_text(csv.read_text().replace(",22,", ",24,", 1))
+    data = run_job(defs, instance, run_config={"resources": {"pipeline": {"config": {"n_estimators": 50}}}})
+    assert _explain(datastore, "dataprep") == ["input file_input changed", "input tabular_input changed"]
+    assert _explain(datastore, "train") == ["input prepared changed"]
+    assert all(r.success for r in (touched, edited, param, data))
+
+    # Any two runs can be compared, by run id prefix.
+    assert _explain(datastore, "train", run=edited.run_id[:8], against=first.run_id) == [
+        "script code/train.py changed"
+    ]
+
+    out = io.StringIO()
+    assert main(["--root", str(datastore.root_dir()), "explain", "train", "--run", param.run_id], out=out) == 0
+    text = out.getvalue()
+    assert f"run {param.run_id} ran because: parameter n_estimators changed (200 -> 50)" in text
+    assert "  - parameter n_estimators changed (200 -> 50)" in text
+
+    out = io.StringIO()
+    main(["--root", str(datastore.root_dir()), "explain", "dataprep", "--run", touched.run_id], out=out)
+    assert f"reused outputs of run {first.run_id}" in out.getvalue()
+    assert "nothing changed" in out.getvalue()
+
+
+def test_cli_lists_registered_datasets_and_refuses_deletion(baseline, datastore, capsys):
+    import io
+
+    from aml_assets.cli import main
+
+    out = io.StringIO()
+    assert main(["--root", str(datastore.root_dir()), "datasets", "list"], out=out) == 0
+    assert "titanic_prepared  versions 1..1  latest v1  891 rows" in out.getvalue()
+    assert main(["--root", str(datastore.root_dir()), "datasets", "delete", "titanic_prepared", "1"]) == 2
+    assert "Refusing to delete dataset 'titanic_prepared' version 1" in capsys.readouterr().err
+    assert DatasetRegistry(datastore).versions("titanic_prepared") == [1]
