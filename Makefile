@@ -1,0 +1,45 @@
+# Two commands on a fresh machine (Python >= 3.10 and Java 17+):
+#   make run    install, then run the reference pipeline `synapse_pipeline` on the embedded defaults
+#   make test   install (with test tools and the Azurite emulator), then run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install install-test run ui test bench lint
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -c "import dagster, dagster_pyspark, pyspark; print('dagster', dagster.__version__, '| pyspark', pyspark.__version__)"
+	touch $@
+
+install: $(BIN)/.installed
+
+tools/azurite/node_modules/.bin/azurite-blob: tools/azurite/package.json tools/azurite/package-lock.json
+	npm ci --prefix tools/azurite --no-audit --no-fund
+	touch $@
+
+install-test: install tools/azurite/node_modules/.bin/azurite-blob
+	@command -v chromium >/dev/null || echo "note: chromium is not installed; browser tests skip locally (CI installs it: apt-get install -y chromium)"
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+run: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster job execute -f definitions.py -j synapse_pipeline
+
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml
+
+test: install-test
+	$(BIN)/python -m pytest
+
+bench: install-test
+	$(BIN)/python bench/reuse.py
+	$(BIN)/python bench/datastore.py
+
+lint: install
+	$(BIN)/ruff check aml_assets amlrun tests bench definitions.py resources code
