@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -124,17 +125,15 @@ class SparkPool(ConfigurableResource):
         """The pool's SparkSession, started (or attached to) on first use."""
         if self._session is not None:
             return self._session
+        from dagster_pyspark import LazyPySparkResource
         from pyspark.sql import SparkSession
 
         conf = self.spark_conf(overrides)
         running = SparkSession.getActiveSession()
         started = time.perf_counter()
-        builder = SparkSession.builder
-        for key, value in conf.items():
-            builder = builder.config(key, value)
-        # Spark reads these at JVM start only; setting them here covers a fresh driver.
-        os.environ.setdefault("PYSPARK_PYTHON", _python())
-        self._session = builder.getOrCreate()
+        # The JVM is started by the Python interpreter running this step; executors use it too.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        self._session = LazyPySparkResource(spark_config=conf).spark_session
         elapsed = time.perf_counter() - started
         if running is None:
             log.info(f"Spark pool started a SparkSession on {conf['spark.master']} in {elapsed:.1f} s")
@@ -148,9 +147,3 @@ class SparkPool(ConfigurableResource):
                         "JVM sizing applies only when a session starts."
                     )
         return self._session
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable

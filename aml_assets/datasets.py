@@ -253,9 +253,15 @@ def read_arrow_table(local_path: Path, fmt: str, separator: str = ",", dataset: 
                         f"Dataset '{dataset}': file '{f}' is empty. A delimited file needs at least "
                         "a header row; check the upload."
                     )
-                tables.append(
-                    pacsv.read_csv(f, parse_options=pacsv.ParseOptions(delimiter=separator))
-                )
+                table = pacsv.read_csv(f, parse_options=pacsv.ParseOptions(delimiter=separator))
+                # Arrow falls back to binary for text that is not valid UTF-8: say so plainly.
+                binary = [fld.name for fld in table.schema if pa.types.is_binary(fld.type)]
+                if binary:
+                    raise DatasetError(
+                        f"Dataset '{dataset}': file '{f}' has invalid UTF8 data in column(s) "
+                        f"{', '.join(binary)}. Re-save the file as UTF-8 and run again."
+                    )
+                tables.append(table)
         except DatasetError:
             raise
         except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:

@@ -36,8 +36,8 @@ from pydantic import Field, create_model
 from aml_assets.checks import build_asset_checks
 from aml_assets.compute import COMPUTE_TAG, CpuCluster, SparkPool, memory_string_problem
 from aml_assets.datasets import DatasetRef, OutputDataset, SourceDataset
-from aml_assets.datastore import Datastore, open_stat_cache
-from aml_assets.errors import DatasetError, PipelineValidationError
+from aml_assets.datastore import Datastore, check_relative_path, open_stat_cache
+from aml_assets.errors import DatasetError, DatastoreError, PipelineValidationError
 from aml_assets.io_manager import REGISTERED_KEY, DatastoreIOManager
 from aml_assets.parameters import PipelineParameter
 from aml_assets.runner import StepExecution, StepResult
@@ -139,6 +139,10 @@ class Pipeline:
         for ds in sources.values():
             if not _NAME.match(ds.name):
                 problems.append(f"dataset name '{ds.name}' is not valid; use letters, digits and underscores")
+            try:
+                check_relative_path(ds.datastore, ds.path)
+            except DatastoreError as exc:
+                problems.append(f"dataset '{ds.name}': {exc}")
             if ds.seed is not None and not ds.seed.is_file():
                 problems.append(f"dataset '{ds.name}': seed file '{ds.seed}' does not exist")
             if resources is not None and not isinstance(resources.get(ds.datastore), Datastore):

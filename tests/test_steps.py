@@ -121,3 +121,65 @@ def test_two_concurrent_runs_of_one_fingerprint_are_safe(tmp_path, datastore):
     assert len(records) == 2
     assert len({r["fingerprint"] for r in records}) == 1
     assert list(datastore.local_path("_tmp").iterdir()) == []
+
+
+MODES_SCRIPT = """
+import json, sys
+from pathlib import Path
+from amlrun import Run
+download, mount, direct, out = sys.argv[1:5]
+run = Run.get_context()
+report = {
+    "download": download, "mount": mount, "direct": direct,
+    "download_files": sorted(p.name for p in Path(download).iterdir()),
+    "mount_files": sorted(p.name for p in Path(mount).iterdir()),
+    "named": run.input_datasets["named"].path,
+    "named_rows": len(run.input_datasets["table"].to_pandas_dataframe()),
+}
+Path(download, "a.txt").write_text("scribbled on the private copy")
+(Path(out) / "report.json").write_text(json.dumps(report))
+run.log("files_seen", len(report["download_files"]))
+"""
+
+
+def test_file_dataset_input_modes(tmp_path, instance, datastore):
+    from aml_assets import (
+        FileDataset,
+        LocalDatastore,
+        LocalProcessCluster,
+        OutputDataset,
+        Pipeline,
+        PythonScriptStep,
+        TabularDataset,
+    )
+
+    code = tmp_path / "modes_code"
+    code.mkdir()
+    (code / "modes.py").write_text(MODES_SCRIPT)
+    datastore.write_bytes("docs/a.txt", b"alpha")
+    datastore.write_bytes("docs/b.txt", b"beta")
+    datastore.write_bytes("table/t.csv", b"x,y\n1,2\n3,4\n")
+    docs = FileDataset.from_files("docs", "docs")
+    table = TabularDataset.from_delimited_files("table", "table/t.csv")
+    report = OutputDataset("report")
+    step = PythonScriptStep(
+        "modes", "modes.py", code,
+        arguments=[docs.as_download("dl"), docs.as_mount("mnt"), docs.as_direct("direct"), report],
+        inputs=[docs.as_named_input("named"), table.as_named_input("table")],
+    )
+    defs = Pipeline("modes", [step]).to_definitions({"workspace": LocalDatastore(), "cpucluster": LocalProcessCluster()})
+    result = run_job(defs, instance, job="modes")
+    assert result.success, step_failure_messages(result)
+    out = datastore.local_path(result.output_for_node("modes", "report").path)
+    import json
+
+    seen = json.loads((out / "report.json").read_text())
+    root = str(datastore.root_dir())
+    assert seen["download_files"] == seen["mount_files"] == ["a.txt", "b.txt"]
+    assert not seen["download"].startswith(root), "download mode gives a private copy"
+    assert seen["mount"] == seen["direct"] == str(datastore.local_path("docs"))
+    assert seen["named"] == str(datastore.local_path("docs"))
+    assert seen["named_rows"] == 2
+    # The script changed its downloaded copy, never the datastore.
+    assert datastore.read_bytes("docs/a.txt") == b"alpha"
+    assert materializations(result)["report"]["files_seen"] == 2

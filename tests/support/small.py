@@ -53,10 +53,20 @@ def write_project(root: Path) -> Path:
     return code
 
 
-def small_pipeline(root: Path, mode: str = "ok", pidfile: str = "", sleep: float = 0.0, allow_reuse: bool = True) -> Pipeline:
+def small_pipeline(
+    root: Path,
+    mode: str = "ok",
+    pidfile: str = "",
+    sleep: float = 0.0,
+    allow_reuse: bool = True,
+    seed: bool = True,
+    source_path: str = "numbers/numbers.csv",
+) -> Pipeline:
     """source CSV -> copy step -> registered 'copied' dataset."""
     code = write_project(root) if not (root / "small_code").exists() else root / "small_code"
-    source = TabularDataset.from_delimited_files("numbers", "numbers/numbers.csv", seed=root / "seed.csv")
+    source = TabularDataset.from_delimited_files(
+        "numbers", source_path, seed=root / "seed.csv" if seed else None
+    )
     copied = OutputDataset("copied", format="csv").register(description="copy of numbers")
     step = PythonScriptStep(
         name="copy",
