@@ -429,7 +429,10 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
             dagster_context=context,
             sibling_scripts=siblings,
         )
-        result = execution.execute()
+        try:
+            result = execution.execute()
+        finally:
+            execution.stat_cache.close()
         for name, ref in result.refs.items():
             yield _output(ref, name, _output_metadata(ref, result, result.outputs[name]))
 

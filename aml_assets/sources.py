@@ -71,7 +71,11 @@ def materialize_source(
 ) -> tuple[DatasetRef, dict[str, Any]]:
     """Check a source dataset, hash its content and describe it; returns (ref, metadata)."""
     _ensure_present(ds, store, log)
-    entries = store.manifest(ds.path, open_stat_cache())
+    cache = open_stat_cache()
+    try:
+        entries = store.manifest(ds.path, cache)
+    finally:
+        cache.close()
     if not entries:
         raise DatasetError(
             f"Dataset '{ds.name}': '{ds.path}' on datastore '{store.name}' is an empty folder."
