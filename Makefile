@@ -30,6 +30,10 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 run: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster job execute -f definitions.py -j synapse_pipeline
+	@echo "--- registered datasets ---"
+	@$(BIN)/aml-assets datasets list
+	@echo "--- why train did (or did not) run ---"
+	@$(BIN)/aml-assets explain train
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
