@@ -69,3 +69,20 @@ def test_pipeline_parameter_set_from_run_config(project, spark_pool, instance):
     assert mats["titanic_prepared"]["reused"] is True
     assert mats["titanic_model"]["reused"] is False
     assert "parameter n_estimators changed (200 -> 10)" in mats["titanic_model"]["runs_because"]
+
+
+def test_step_script_runs_offline_for_local_debugging(project, spark_pool, instance, datastore, tmp_path):
+    """The same script runs with plain `python`, outside any pipeline, for debugging."""
+    import subprocess
+    import sys
+
+    assert run_job(reference_defs(project, spark_pool), instance).success
+    prepared = DatasetRegistry(datastore).get("titanic_prepared").local_path()
+    out = subprocess.run(
+        [sys.executable, str(project / "code" / "train.py"), "--prepared", str(prepared),
+         "--model_dir", str(tmp_path / "model"), "--n_estimators", "20"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "[amlrun offline] metric accuracy = " in out.stdout
+    assert (tmp_path / "model" / "model.pkl").is_file()
