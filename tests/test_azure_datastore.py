@@ -330,3 +330,17 @@ def test_reference_pipeline_runs_unchanged_on_azurite(project, spark_pool, insta
 
     for run in (first, second, third):
         _assert_no_secret_in_instance(instance, run.run_id, azurite)
+
+
+def test_datastore_is_selected_by_environment(monkeypatch):
+    from resources.datastores import datastores
+
+    monkeypatch.delenv("AML_DATASTORE", raising=False)
+    assert isinstance(datastores()["workspace"], LocalDatastore)
+    monkeypatch.setenv("AML_DATASTORE", "azure")
+    monkeypatch.setenv("AML_AZURE_CONTAINER", "aml")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=a;AccountKey=c2VjcmV0;BlobEndpoint=http://h/a")
+    store = datastores()["workspace"]
+    assert isinstance(store, AzureBlobDatastore)
+    assert store.uri("x") == "abfs://aml/x"
+    assert "c2VjcmV0" not in repr(store)

@@ -22,6 +22,7 @@ from tests.support.webserver import (
     WebserverStartError,
     chromium_dom,
     chromium_screenshot,
+    graph_nodes,
     png_pixel_bytes,
     png_size,
     visible_text,
@@ -82,7 +83,11 @@ def job_selector(server: DagsterWebserver) -> dict[str, str]:
         for repo in loc["repositories"]:
             if JOB in [p["name"] for p in repo["pipelines"]]:
                 found.append(
-                    {"repositoryLocationName": loc["name"], "repositoryName": repo["name"], "pipelineName": JOB}
+                    {
+                        "repositoryLocationName": loc["name"],
+                        "repositoryName": repo["name"],
+                        "pipelineName": JOB,
+                    }
                 )
     assert len(found) == 1, f"job {JOB} in {len(found)} repositories: {ws}"
     return found[0]
@@ -179,7 +184,9 @@ def test_launch_run_over_graphql(server: DagsterWebserver, launched_run: dict) -
 
     # The run used the per-run settings: Spark on local[2] ...
     messages = [e.get("message") or "" for e in _run_events(server, run_id)]
-    assert any("SparkSession on local[2]" in m for m in messages), [m for m in messages if "Spark" in m]
+    assert any("SparkSession on local[2]" in m for m in messages), [
+        m for m in messages if "Spark" in m
+    ]
 
     asset = server.graphql(
         """
@@ -219,31 +226,38 @@ def chromium() -> str:
 def test_ui_renders_asset_graph_and_run(
     chromium: str, server: DagsterWebserver, launched_run: dict, tmp_path: Path
 ) -> None:
-    # The lineage view of the asset group, as the UI links it (repository "__repository__"
-    # of location "definitions.py" is addressed by the location name alone).
-    location = "definitions.py"
-    graph_url = f"{server.url}/locations/{location}/asset-groups/{GROUP}"
+    if launched_run["status"] != "SUCCESS":
+        pytest.fail("the launched run did not succeed (see test_launch_run_over_graphql)")
+
+    # The Lineage tab of the asset group, as the UI links it (repository "__repository__" of
+    # location "definitions.py" is addressed by the location name alone).
+    graph_url = f"{server.url}/locations/definitions.py/asset-groups/{GROUP}"
     png = tmp_path / "asset_graph.png"
     chromium_screenshot(graph_url, png, tmp_path / "chrome-profile-1")
     assert png_size(png) == (1600, 1000)
-    assert png.stat().st_size > 20_000, png.stat().st_size
-    pixels = png_pixel_bytes(png)
-    assert len(set(pixels)) > 64, "screenshot looks blank"
+    assert png.stat().st_size > 20_000, f"screenshot looks blank: {png.stat().st_size} bytes"
+    assert len(set(png_pixel_bytes(png))) > 64, "screenshot looks blank"
 
     dom = chromium_dom(graph_url, tmp_path / "chrome-profile-2")
     (tmp_path / "asset_graph.html").write_text(dom)
     text = visible_text(dom)
-    for shown in ("titanic", "titanic_prepared", "titanic_model", "Lineage", GROUP):
-        assert shown in text, f"{shown!r} not rendered at {graph_url}: {text[:80]}"
-    # The graph nodes show the materialization made by the launched run.
-    assert "Materialized" in " ".join(text) or "Never materialized" not in text, text[:80]
+    assert GROUP in text and "Lineage" in text, text[:40]
+    # The graph's nodes, laid out left to right in dependency order (titanic, from the
+    # "datasets" group, is drawn as the upstream link into this group) ...
+    nodes = graph_nodes(dom)
+    assert {"titanic", "titanic_prepared", "titanic_model"} <= set(nodes), (nodes, text[:80])
+    assert nodes["titanic"][0] < nodes["titanic_prepared"][0] < nodes["titanic_model"][0], nodes
+    # ... both materialized by the launched run, with the three checks passed.
+    assert text.count("Materialized") == 2, text
+    assert "Never materialized" not in text
+    assert "3 / 3 Passed" in text, text
 
-    # The launched run's page shows its steps, i.e. the ops computing the assets.
+    # The launched run's page: its steps, i.e. the ops that computed the assets.
     run_url = f"{server.url}/runs/{launched_run['run_id']}"
     run_dom = chromium_dom(run_url, tmp_path / "chrome-profile-3")
     (tmp_path / "run.html").write_text(run_dom)
     run_text = visible_text(run_dom)
-    for shown in ("dataprep", "train", "titanic_model"):
+    for shown in ("Success", JOB, "dataprep", "train"):
         assert shown in run_text, f"{shown!r} not rendered at {run_url}: {run_text[:80]}"
     chromium_screenshot(run_url, tmp_path / "run.png", tmp_path / "chrome-profile-4")
     print(f"screenshots: {png} {tmp_path / 'run.png'}")

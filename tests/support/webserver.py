@@ -85,7 +85,9 @@ class DagsterWebserver:
         self.host = host
         self.port = 0
         self.env = dict(env or {})
-        self.binary = binary or Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dagster-webserver"
+        self.binary = (
+            binary or Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dagster-webserver"
+        )
         self.proc: subprocess.Popen | None = None
         self.stdout_path = self.home / "webserver.stdout.log"
         self.stderr_path = self.home / "webserver.stderr.log"
@@ -110,15 +112,26 @@ class DagsterWebserver:
             self.port = free_port(self.host)
             env = {**os.environ, **self.env, "DAGSTER_HOME": str(self.home)}
             with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-                self.proc = subprocess.Popen(
-                    [str(self.binary), "-w", str(self.workspace), "-h", self.host, "-p", str(self.port)],
-                    cwd=self.cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                )
+                try:
+                    self.proc = subprocess.Popen(
+                        [
+                            str(self.binary),
+                            "-w",
+                            str(self.workspace),
+                            "-h",
+                            self.host,
+                            "-p",
+                            str(self.port),
+                        ],
+                        cwd=self.cwd,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    raise WebserverStartError(f"cannot start {self.binary}: {exc}") from exc
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -130,11 +143,15 @@ class DagsterWebserver:
             self.stop()
             last_error = (
                 f"dagster-webserver on port {self.port} "
-                + (f"exited with code {code}" if code is not None else f"did not answer /server_info within {timeout:.0f}s")
+                + (
+                    f"exited with code {code}"
+                    if code is not None
+                    else f"did not answer /server_info within {timeout:.0f}s"
+                )
                 + f"\n--- stderr ---\n{_tail(self.stderr_path)}\n--- stdout ---\n{_tail(self.stdout_path, 2000)}"
             )
-            if code is None:  # alive but silent: another try would not help
-                break
+            if "address already in use" not in _tail(self.stderr_path).lower():
+                break  # only a lost race for the port is worth another try
         raise WebserverStartError(last_error)
 
     def _server_info(self) -> dict | None:
@@ -171,7 +188,9 @@ class DagsterWebserver:
         return _tail(self.stderr_path)
 
     # --- GraphQL ----------------------------------------------------------------------------
-    def graphql(self, query: str, variables: dict[str, Any] | None = None, timeout: float = 60.0) -> dict:
+    def graphql(
+        self, query: str, variables: dict[str, Any] | None = None, timeout: float = 60.0
+    ) -> dict:
         """POST /graphql; the ``data`` of the answer, raising GraphQLError on ``errors``."""
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
         req = urllib.request.Request(
@@ -230,7 +249,9 @@ def chromium_screenshot(url: str, png: Path, user_data_dir: Path, timeout: float
         stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0 or not png.exists():
-        raise RuntimeError(f"chromium --screenshot failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"chromium --screenshot failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
 
 
 def chromium_dom(url: str, user_data_dir: Path, timeout: float = 120.0) -> str:
@@ -243,7 +264,9 @@ def chromium_dom(url: str, user_data_dir: Path, timeout: float = 120.0) -> str:
         stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"chromium --dump-dom failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        raise RuntimeError(
+            f"chromium --dump-dom failed ({result.returncode}):\n{result.stderr[-4000:]}"
+        )
     return result.stdout
 
 
@@ -292,3 +315,32 @@ def png_pixel_bytes(png: Path) -> bytes:
             idat.append(data[pos + 8 : pos + 8 + length])
         pos += 12 + length
     return zlib.decompress(b"".join(idat))
+
+
+class _GraphNodes(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: list[tuple[float, float, str]] = []
+        self._pos: tuple[float, float] | None = None
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        if tag == "foreignobject":
+            a = dict(attrs)
+            self._pos = (float(a.get("x") or 0), float(a.get("y") or 0))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "foreignobject":
+            self._pos = None
+
+    def handle_data(self, data: str) -> None:
+        if self._pos is not None and data.strip():
+            self.nodes.append((*self._pos, data.strip()))
+            self._pos = None
+
+
+def graph_nodes(dom: str) -> dict[str, tuple[float, float]]:
+    """Rendered asset-graph nodes: the first text of each SVG ``<foreignObject>`` (the asset
+    name) -> its (x, y) in the graph."""
+    parser = _GraphNodes()
+    parser.feed(dom)
+    return {name: (x, y) for x, y, name in parser.nodes}
