@@ -185,9 +185,10 @@ class SchemaDrift(DatasetCheck):
 
 def _load_table(ref: DatasetRef, store: Datastore):
     local = store.local_path(ref.path)
-    if local is None:
-        local = store.download(ref.path, Path(tempfile.mkdtemp(prefix=f"aml-check-{ref.name}-")))
-    return read_arrow_table(local, ref.format, ref.separator, ref.name)
+    if local is not None:
+        return read_arrow_table(local, ref.format, ref.separator, ref.name)
+    with tempfile.TemporaryDirectory(prefix=f"aml-check-{ref.name}-") as tmp:
+        return read_arrow_table(store.download(ref.path, Path(tmp)), ref.format, ref.separator, ref.name)
 
 
 def build_asset_checks(

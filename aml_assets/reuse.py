@@ -94,7 +94,10 @@ class StepLedger:
     def record_run(self, run_id: str, record: dict[str, Any]) -> None:
         """Remember what a run of the step decided (fingerprint, components, reuse, reasons)."""
         rel = f"{self._base()}/runs/{time.time_ns():020d}-{run_id}.json"
-        self.datastore.write_bytes(rel, json.dumps({"run_id": run_id, **record}, indent=1).encode())
+        payload = json.dumps({"run_id": run_id, **record}, indent=1).encode()
+        self.datastore.write_bytes(rel, payload)
+        # A pointer to the newest record, so deciding a step never lists its whole history.
+        self.datastore.write_bytes(f"{self._base()}/latest-run.json", payload)
 
     def run_records(self) -> list[dict[str, Any]]:
         """Every recorded run of the step, oldest first."""
@@ -107,6 +110,11 @@ class StepLedger:
 
     def latest_record(self, exclude_run: str | None = None) -> dict[str, Any] | None:
         """The most recent run record, other than ``exclude_run``'s."""
+        pointer = f"{self._base()}/latest-run.json"
+        if self.datastore.exists(pointer):
+            latest = json.loads(self.datastore.read_bytes(pointer))
+            if latest.get("run_id") != exclude_run:
+                return latest
         base = f"{self._base()}/runs"
         for name in reversed(self.datastore.list_dir(base)):
             if name.endswith(".json") and not name.endswith(f"-{exclude_run}.json"):

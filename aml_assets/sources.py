@@ -55,9 +55,12 @@ def _stats(ds: SourceDataset, store: Datastore, content_hash: str) -> dict[str, 
     if store.exists(cache_rel):
         return json.loads(store.read_bytes(cache_rel))
     local = store.local_path(ds.path)
-    if local is None:
-        local = store.download(ds.path, Path(tempfile.mkdtemp(prefix=f"aml-{ds.name}-")))
-    stats = tabular_stats(local, ds.format, ds.separator, ds.name)
+    if local is not None:
+        stats = tabular_stats(local, ds.format, ds.separator, ds.name)
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"aml-{ds.name}-") as tmp:
+            copy = store.download(ds.path, Path(tmp))
+            stats = tabular_stats(copy, ds.format, ds.separator, ds.name)
     if stats["row_count"] == 0:
         raise DatasetError(
             f"Dataset '{ds.name}': '{ds.path}' has a header but no rows. Check the upload."
