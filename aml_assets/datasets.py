@@ -84,6 +84,10 @@ class SourceDataset(DatasetDef):
     separator: str = ","
     seed: Path | None = None
 
+    @classmethod
+    def _declare(cls, name: str, path: str, fmt: OutputFormat, seed: Path | str | None, **kw: Any):
+        return cls(name=name, path=path, format=fmt, seed=Path(seed) if seed else None, **kw)
+
 
 @dataclass(eq=False)
 class TabularDataset(SourceDataset):
@@ -102,15 +106,9 @@ class TabularDataset(SourceDataset):
         checks: list[DatasetCheck] | None = None,
     ) -> TabularDataset:
         """Declare CSV (or other delimited) files; ``seed`` uploads a local copy if it is absent."""
-        return cls(
-            name=name,
-            path=path,
-            datastore=datastore,
-            format="csv",
-            separator=separator,
-            seed=Path(seed) if seed else None,
-            description=description,
-            checks=list(checks or []),
+        return cls._declare(
+            name, path, "csv", seed, datastore=datastore, separator=separator,
+            description=description, checks=list(checks or []),
         )
 
     @classmethod
@@ -125,13 +123,8 @@ class TabularDataset(SourceDataset):
         checks: list[DatasetCheck] | None = None,
     ) -> TabularDataset:
         """Declare Parquet files (a file or a folder of part files)."""
-        return cls(
-            name=name,
-            path=path,
-            datastore=datastore,
-            format="parquet",
-            seed=Path(seed) if seed else None,
-            description=description,
+        return cls._declare(
+            name, path, "parquet", seed, datastore=datastore, description=description,
             checks=list(checks or []),
         )
 
@@ -151,14 +144,7 @@ class FileDataset(SourceDataset):
         description: str | None = None,
     ) -> FileDataset:
         """Declare a file or folder of files."""
-        return cls(
-            name=name,
-            path=path,
-            datastore=datastore,
-            format="files",
-            seed=Path(seed) if seed else None,
-            description=description,
-        )
+        return cls._declare(name, path, "files", seed, datastore=datastore, description=description)
 
 
 @dataclass(eq=False)
