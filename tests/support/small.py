@@ -61,13 +61,14 @@ def small_pipeline(
     allow_reuse: bool = True,
     seed: bool = True,
     source_path: str = "numbers/numbers.csv",
+    checks: list | None = None,
 ) -> Pipeline:
     """source CSV -> copy step -> registered 'copied' dataset."""
     code = write_project(root) if not (root / "small_code").exists() else root / "small_code"
     source = TabularDataset.from_delimited_files(
         "numbers", source_path, seed=root / "seed.csv" if seed else None
     )
-    copied = OutputDataset("copied", format="csv").register(description="copy of numbers")
+    copied = OutputDataset("copied", format="csv").register(description="copy of numbers", checks=checks)
     step = PythonScriptStep(
         name="copy",
         script="copy.py",
