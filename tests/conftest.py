@@ -21,6 +21,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own datastore root and stat cache (never the user's)."""
     root = tmp_path / "datastore"
     monkeypatch.setenv("AML_DATASTORE_ROOT", str(root))
+    # A developer's (or the Makefile's) DAGSTER_HOME must not leak into tests' subprocesses.
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.setenv("AML_CACHE_DIR", str(tmp_path / "cache"))
     return root
 
