@@ -299,7 +299,7 @@ class StepFingerprint:
     """Everything that determines a step's result, grouped so a change can be named.
 
     Groups: ``code`` (path -> digest), ``arguments`` (the symbolic argument list), ``parameters``
-    (name -> value), ``inputs`` (input name -> content digest), ``environment`` and ``settings``.
+    (name -> value), ``inputs`` (dataset name -> content digest), ``environment`` and ``settings``.
     """
 
     step: str

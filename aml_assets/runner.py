@@ -113,11 +113,17 @@ class StepExecution:
             ),
             arguments=self.symbolic_arguments(),
             parameters={p.name: self.parameter_values[p.name] for p in step.parameters()},
-            inputs={i.name: self.input_refs[i.dataset.name].content_hash for i in step.all_inputs()},
+            # Keyed by dataset, so a change reads "input titanic changed"; how each input is
+            # delivered (name, mode) is part of the settings below.
+            inputs={
+                i.dataset.name: self.input_refs[i.dataset.name].content_hash
+                for i in step.all_inputs()
+            },
             environment=self.environment(),
             settings={
                 **step.settings(),
                 "outputs": {o.name: o.format for o in step.all_outputs()},
+                "inputs": {i.name: f"{i.dataset.name}:{i.mode.value}" for i in step.all_inputs()},
             },
         )
 

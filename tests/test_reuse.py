@@ -70,7 +70,7 @@ def test_editing_csv_contents_reruns_both_and_mints_a_dataset_version(baseline, 
     assert second.success
     assert reused(second) == {"titanic_prepared": False, "titanic_model": False}
     mats = materializations(second)
-    assert "input tabular_input changed" in mats["titanic_prepared"]["runs_because"]
+    assert mats["titanic_prepared"]["runs_because"] == "input titanic changed"
     assert mats["titanic_prepared"]["dataset_version"] == 2
     registry = DatasetRegistry(datastore)
     assert registry.versions("titanic_prepared") == [1, 2]
@@ -188,8 +188,8 @@ def test_explain_names_what_changed_in_each_case(baseline, project, instance, da
     csv = datastore.local_path("titanic/titanic.csv")
     csv.write_text(csv.read_text().replace(",22,", ",24,", 1))
     data = run_job(defs, instance, run_config={"resources": {"pipeline": {"config": {"n_estimators": 50}}}})
-    assert _explain(datastore, "dataprep") == ["input file_input changed", "input tabular_input changed"]
-    assert _explain(datastore, "train") == ["input prepared changed"]
+    assert _explain(datastore, "dataprep") == ["input titanic changed"]
+    assert _explain(datastore, "train") == ["input titanic_prepared changed"]
     assert all(r.success for r in (touched, edited, param, data))
 
     # Any two runs can be compared, by run id prefix.

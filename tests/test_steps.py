@@ -65,9 +65,14 @@ def test_sigkill_mid_write_is_never_visible_and_recomputes(tmp_path, instance, d
     deadline = time.time() + 60
     while not pidfile.exists() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(1.0)  # let it write part of its output
-    partial = list(datastore.local_path("_tmp").rglob("data.csv"))
-    assert partial and 1 < partial[0].read_text().count("\n") < 21, "the script should be mid-write"
+    # Wait until the script has written part of its output (bounded; it writes a row every ~0.3 s).
+    partial: list = []
+    while time.time() < deadline:
+        partial = list(datastore.local_path("_tmp").rglob("data.csv"))
+        if partial and partial[0].read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert partial and 3 <= partial[0].read_text().count("\n") < 21, "the script should be mid-write"
     # Mid-write, nothing is visible outside the private scratch folder.
     assert _published_attempts(datastore) == []
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
