@@ -12,10 +12,13 @@ from aml_assets.datastore import Datastore, LocalDatastore
 from aml_assets.errors import AmlAssetsError
 from aml_assets.registry import DatasetRegistry
 from aml_assets.reuse import StepLedger
+from aml_assets.workspace import workspace_datastore
 
 
 def _datastore(args: argparse.Namespace) -> Datastore:
-    return LocalDatastore(name="workspace", root=args.root) if args.root else LocalDatastore(name="workspace")
+    if args.root:
+        return LocalDatastore(name="workspace", root=args.root)
+    return workspace_datastore("workspace")
 
 
 def _when(ts: float | None) -> str:
@@ -73,7 +76,11 @@ def cmd_datasets(args: argparse.Namespace, out) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="aml-assets", description=__doc__)
-    parser.add_argument("--root", help="local datastore folder (default: $AML_DATASTORE_ROOT or the platform default)")
+    parser.add_argument(
+        "--root",
+        help="a local datastore folder; default: the workspace datastore ($AML_DATASTORE=azure "
+        "for Azure Blob, else $AML_DATASTORE_ROOT or the platform's data folder)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser("explain", help="why a step did or did not reuse its outputs")

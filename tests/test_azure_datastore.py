@@ -281,7 +281,7 @@ def _assert_no_secret_in_instance(instance, run_id: str, azurite) -> None:
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_reference_pipeline_runs_unchanged_on_azurite(project, spark_pool, instance, azure_store, azurite):
+def test_reference_pipeline_runs_unchanged_on_azurite(project, spark_pool, instance, azure_store, azurite, monkeypatch):
     defs = reference_defs(project, spark_pool, workspace=azure_store)
     first = run_job(defs, instance)
     assert first.success, step_failure_messages(first)
@@ -330,6 +330,19 @@ def test_reference_pipeline_runs_unchanged_on_azurite(project, spark_pool, insta
 
     for run in (first, second, third):
         _assert_no_secret_in_instance(instance, run.run_id, azurite)
+
+    # The CLI lists the container's registered datasets when the environment selects Azure.
+    import io
+
+    from aml_assets.cli import main
+
+    monkeypatch.setenv("AML_DATASTORE", "azure")
+    monkeypatch.setenv("AML_AZURE_CONTAINER", container)
+    monkeypatch.setenv("AML_AZURE_PREFIX", "aml")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    out = io.StringIO()
+    assert main(["datasets", "list"], out=out) == 0
+    assert f"titanic_prepared  versions 1..2  latest v2  891 rows  abfs://{container}/" in out.getvalue()
 
 
 def test_datastore_is_selected_by_environment(monkeypatch):
