@@ -28,6 +28,7 @@ from dagster import (
     TableSchema,
     asset,
     define_asset_job,
+    in_process_executor,
     multi_asset,
     multiprocess_executor,
 )
@@ -266,8 +267,15 @@ class Pipeline:
         cls = create_model(f"{_camel(self.name)}Settings", __base__=PipelineRunSettings, **fields)
         return cls()
 
-    def to_definitions(self, resources: Mapping[str, Any]) -> Definitions:
-        """Validate, then build the assets, checks and the job of this pipeline."""
+    def to_definitions(self, resources: Mapping[str, Any], parallel: bool = False) -> Definitions:
+        """Validate, then build the assets, checks and the job of this pipeline.
+
+        By default the job runs its steps one after another in one process: script steps are
+        separate processes anyway, and every Spark step shares the pool's one session (a local
+        JVM start costs seconds). ``parallel=True`` runs independent steps at once, each in its
+        own process, at most ``max_concurrent_steps`` per CPU cluster; Spark steps then each
+        start their own session.
+        """
         self.validate(resources)
         assets: list[AssetsDefinition] = [
             _source_asset(ds) for ds in self.source_datasets()
@@ -278,18 +286,11 @@ class Pipeline:
                 checks += build_asset_checks(o.name, o.checks, IO_MANAGER_KEY)
         for ds in self.source_datasets():
             checks += build_asset_checks(ds.name, ds.checks, IO_MANAGER_KEY)
-        limits = [
-            {"key": COMPUTE_TAG, "value": key, "limit": r.max_concurrent_steps}
-            for key, r in resources.items()
-            if isinstance(r, CpuCluster)
-        ]
         job = define_asset_job(
             self.name,
             selection=[k for a in assets for k in a.keys],
             description=self.description,
-            executor_def=multiprocess_executor.configured(
-                {"tag_concurrency_limits": limits} if limits else {}
-            ),
+            executor_def=_parallel_executor(resources) if parallel else in_process_executor,
         )
         return Definitions(
             assets=assets,
@@ -301,6 +302,16 @@ class Pipeline:
                 RUN_SETTINGS_KEY: self.settings_resource(),
             },
         )
+
+
+def _parallel_executor(resources: Mapping[str, Any]):
+    """The multiprocess executor, limited per CPU cluster to its ``max_concurrent_steps``."""
+    limits = [
+        {"key": COMPUTE_TAG, "value": key, "limit": r.max_concurrent_steps}
+        for key, r in resources.items()
+        if isinstance(r, CpuCluster)
+    ]
+    return multiprocess_executor.configured({"tag_concurrency_limits": limits} if limits else {})
 
 
 def _camel(name: str) -> str:
