@@ -20,7 +20,7 @@ import blake3
 import pathspec
 
 #: Bumped whenever the encoding or the set of components changes, so old ledgers never match.
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 
 #: A stat-cache entry recorded less than this long after the file's mtime is "racily clean":
 #: the file could have been rewritten within the same timestamp tick without changing its stat,
@@ -313,6 +313,7 @@ class StepFingerprint:
     def components(self) -> dict[str, Any]:
         """The groups as one plain dict (what the ledger stores)."""
         return {
+            "format": FINGERPRINT_VERSION,
             "step": self.step,
             "code": self.code,
             "arguments": self.arguments,
@@ -342,6 +343,11 @@ def explain_difference(
     """
     if old is None:
         return ["no previous run"]
+    if old.get("format", 1) != new.get("format", 1):
+        return [
+            f"the fingerprint format changed (v{old.get('format', 1)} -> v{new.get('format', 1)}) "
+            "with an aml-assets upgrade; each step reruns once"
+        ]
     reasons: list[str] = []
     old_code, new_code = old.get("code", {}), new.get("code", {})
     for path in sorted(set(old_code) | set(new_code)):

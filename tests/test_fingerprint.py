@@ -123,4 +123,9 @@ def test_fingerprint_changes_with_each_component_and_explains_it():
         assert fp.digest != base.digest
         assert explain_difference(base.components(), fp.components(), lambda p: f"code/{p}") == [reason]
     assert explain_difference(None, base.components()) == ["no previous run"]
+    older_format = {**base.components(), "format": 1}
+    assert explain_difference(older_format, base.components()) == [
+        f"the fingerprint format changed (v1 -> v{base.components()['format']}) with an aml-assets "
+        "upgrade; each step reruns once"
+    ]
     assert explain_difference(base.components(), base.components()) == []
