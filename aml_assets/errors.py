@@ -15,6 +15,10 @@ class DatasetError(AmlAssetsError):
     """A dataset is missing, malformed, or a registered version cannot be read or written."""
 
 
+class DatasetCheckFailedError(DatasetError):
+    """A dataset failed a blocking check: it is not registered and downstream steps do not run."""
+
+
 class PipelineValidationError(AmlAssetsError):
     """A pipeline definition is invalid; lists every problem found, not just the first."""
 

@@ -34,11 +34,16 @@ from dagster import (
 )
 from pydantic import Field, create_model
 
-from aml_assets.checks import build_asset_checks
+from aml_assets.checks import check_specs, run_checks
 from aml_assets.compute import COMPUTE_TAG, CpuCluster, SparkPool, memory_string_problem
 from aml_assets.datasets import DatasetRef, OutputDataset, SourceDataset
 from aml_assets.datastore import Datastore, check_relative_path, open_stat_cache
-from aml_assets.errors import DatasetError, DatastoreError, PipelineValidationError
+from aml_assets.errors import (
+    DatasetCheckFailedError,
+    DatasetError,
+    DatastoreError,
+    PipelineValidationError,
+)
 from aml_assets.io_manager import REGISTERED_KEY, DatastoreIOManager
 from aml_assets.parameters import PipelineParameter
 from aml_assets.runner import StepExecution, StepResult
@@ -134,6 +139,14 @@ class Pipeline:
                 )
             if dataset in names:
                 problems.append(f"output '{dataset}' has the same name as a step; rename one of them")
+        declared = [*sources.values(), *(o for s in self.steps for o in s.all_outputs())]
+        for ds in declared:
+            names_of_checks = [c.check_name for c in ds.checks]
+            for dup in sorted({n for n in names_of_checks if names_of_checks.count(n) > 1}):
+                problems.append(
+                    f"dataset '{ds.name}' declares the check '{dup}' more than once; merge them "
+                    "into one (e.g. one NotNull listing every column)"
+                )
         known = sorted(set(producers) | set(sources))
         for step in self.steps:
             problems.extend(self._step_problems(step, producers, known, resources))
@@ -280,12 +293,6 @@ class Pipeline:
         assets: list[AssetsDefinition] = [
             _source_asset(ds) for ds in self.source_datasets()
         ] + [_step_asset(self, step) for step in self.steps]
-        checks = []
-        for step in self.steps:
-            for o in step.all_outputs():
-                checks += build_asset_checks(o.name, o.checks, IO_MANAGER_KEY)
-        for ds in self.source_datasets():
-            checks += build_asset_checks(ds.name, ds.checks, IO_MANAGER_KEY)
         job = define_asset_job(
             self.name,
             selection=[k for a in assets for k in a.keys],
@@ -294,7 +301,6 @@ class Pipeline:
         )
         return Definitions(
             assets=assets,
-            asset_checks=checks,
             jobs=[job],
             resources={
                 **resources,
@@ -331,6 +337,18 @@ def _output(ref: DatasetRef, name: str | None, metadata: dict[str, Any]) -> Outp
         )
 
 
+def _check_failure(failures: Mapping[str, list[str]]) -> DatasetCheckFailedError | None:
+    """The error to fail a step with when a blocking check failed (None if none did)."""
+    failed = {name: f for name, f in failures.items() if f}
+    if not failed:
+        return None
+    detail = "; ".join(f"'{name}' failed {', '.join(f)}" for name, f in failed.items())
+    return DatasetCheckFailedError(
+        f"Blocking check(s) failed: {detail}. The dataset was not registered and downstream "
+        "steps do not run; fix the data or the step, or declare the check with blocking=False."
+    )
+
+
 def _source_asset(ds: SourceDataset) -> AssetsDefinition:
     @asset(
         name=ds.name,
@@ -339,11 +357,17 @@ def _source_asset(ds: SourceDataset) -> AssetsDefinition:
         required_resource_keys={ds.datastore},
         kinds={"dataset", ds.format if ds.format != "files" else "file"},
         group_name="datasets",
+        check_specs=check_specs(ds.name, ds.checks),
     )
     def _source(context):
         store: Datastore = getattr(context.resources, ds.datastore)
         ref, metadata = materialize_source(ds, ds.datastore, store, context.log)
-        return _output(ref, None, metadata)
+        results, failures = run_checks(ds.name, ds.checks, ref, store, store) if ds.checks else ([], [])
+        if error := _check_failure({ds.name: failures}):
+            yield from results  # reported first, so the failed checks show in the UI
+            raise error
+        yield _output(ref, None, metadata)
+        yield from results
 
     return _source
 
@@ -412,6 +436,7 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
     @multi_asset(
         name=step.name,
         outs=outs,
+        check_specs=[spec for o in step.all_outputs() for spec in check_specs(o.name, o.checks)],
         ins={name: AssetIn(key=AssetKey(name)) for name in inputs},
         required_resource_keys={step.compute_target, RUN_SETTINGS_KEY, *stores},
         op_tags={COMPUTE_TAG: step.compute_target},
@@ -444,7 +469,19 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
             result = execution.execute()
         finally:
             execution.stat_cache.close()
+        workspace = getattr(context.resources, pipeline.datastore)
+        results, failures = [], {}
+        for out in step.all_outputs():
+            if out.checks:
+                found, failures[out.name] = run_checks(
+                    out.name, out.checks, result.refs[out.name], workspace, workspace
+                )
+                results += found
+        if error := _check_failure(failures):
+            yield from results  # reported first, so the failed checks show in the UI
+            raise error
         for name, ref in result.refs.items():
             yield _output(ref, name, _output_metadata(ref, result, result.outputs[name]))
+        yield from results
 
     return _step

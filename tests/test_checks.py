@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aml_assets import RowCount, SchemaDrift, UniqueKey
+from aml_assets import DatasetRegistry, RowCount, SchemaDrift, UniqueKey
 from tests.support.runs import run_job
 from tests.support.small import small_defs
 
@@ -35,6 +35,12 @@ def test_duplicate_keys_and_row_count_fail(tmp_path, instance, datastore):
     found = _checks(result)
     assert found["unique_key"] == (False, "ERROR", "1 duplicate key(s) on id")
     assert found["row_count"] == (False, "ERROR", "3 rows, expected [10, inf]")
+    assert DatasetRegistry(datastore).versions("copied") == []
+    assert "copied" not in {
+        e.event_specific_data.materialization.asset_key.to_user_string()
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    }
 
 
 def test_schema_drift_warns_or_fails_as_declared(tmp_path, instance, datastore):
@@ -51,3 +57,14 @@ def test_schema_drift_warns_or_fails_as_declared(tmp_path, instance, datastore):
     failed = run_job(small_defs(tmp_path, checks=[SchemaDrift(blocking=True)]), instance, job="small")
     assert not failed.success
     assert _checks(failed)["schema_drift"][:2] == (False, "ERROR")
+
+
+def test_checks_on_a_source_dataset_stop_the_pipeline_before_any_step(tmp_path, instance):
+    result = run_job(small_defs(tmp_path, source_checks=[RowCount(min=100)]), instance, job="small")
+    assert not result.success
+    assert _checks(result)["row_count"] == (False, "ERROR", "20 rows, expected [100, inf]")
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert started == {"numbers"}
+
+    ok = run_job(small_defs(tmp_path, source_checks=[RowCount(min=10)]), instance, job="small")
+    assert ok.success and _checks(ok)["row_count"][0] is True

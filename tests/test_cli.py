@@ -57,9 +57,12 @@ def test_failing_blocking_check_fails_the_cli_run(tmp_path, datastore):
     logs = out.stderr + out.stdout
     assert out.returncode != 0
     assert "Asset check 'row_count' on 'titanic_prepared' did not pass" in logs
-    assert "1 blocking asset check failed" in logs
-    assert "100 rows, expected [891, 891]" in logs
+    assert (
+        "Blocking check(s) failed: 'titanic_prepared' failed row_count: 100 rows, expected "
+        "[891, 891]. The dataset was not registered and downstream steps do not run" in logs
+    )
     instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
     assert instance.get_latest_materialization_event(AssetKey("titanic_model")) is None
-    # The data itself was fine, so it was registered; the check result is what stops training.
-    assert DatasetRegistry(LocalDatastore()).versions("titanic_prepared") == [1]
+    assert instance.get_latest_materialization_event(AssetKey("titanic_prepared")) is None
+    # Data that fails a blocking check is never registered as a dataset version.
+    assert DatasetRegistry(LocalDatastore()).versions("titanic_prepared") == []

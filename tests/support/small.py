@@ -62,11 +62,12 @@ def small_pipeline(
     seed: bool = True,
     source_path: str = "numbers/numbers.csv",
     checks: list | None = None,
+    source_checks: list | None = None,
 ) -> Pipeline:
     """source CSV -> copy step -> registered 'copied' dataset."""
     code = write_project(root) if not (root / "small_code").exists() else root / "small_code"
     source = TabularDataset.from_delimited_files(
-        "numbers", source_path, seed=root / "seed.csv" if seed else None
+        "numbers", source_path, seed=root / "seed.csv" if seed else None, checks=source_checks
     )
     copied = OutputDataset("copied", format="csv").register(description="copy of numbers", checks=checks)
     step = PythonScriptStep(
