@@ -283,6 +283,24 @@ class LocalDatastore(Datastore):
             )
         return data_manifest(path, cache)
 
+    def download(self, rel: str, local_dir: Path) -> Path:
+        # A real copy (never a link: a script may write to its download), made by the kernel
+        # (shutil uses sendfile/copy_file_range) instead of fsspec's Python read/write loop.
+        source = self.local_path(rel)
+        if not source.exists():
+            raise DatastoreError(
+                f"Datastore '{self.name}': nothing at '{rel}' ({source}). Check the path, or upload "
+                "the data first (Datastore.upload_files)."
+            )
+        local_dir = Path(local_dir)
+        local_dir.mkdir(parents=True, exist_ok=True)
+        target = local_dir / source.name
+        if source.is_file():
+            shutil.copyfile(source, target)
+        else:
+            shutil.copytree(source, target, copy_function=shutil.copyfile, dirs_exist_ok=True)
+        return target
+
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         target = self.local_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
