@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from aml_assets.datasets import DatasetRef, read_pandas
-from aml_assets.datastore import Datastore, LocalDatastore
+from aml_assets.datastore import Datastore
 from aml_assets.errors import DatasetError
+from aml_assets.workspace import workspace_datastore
 
 _WIDTH = 6  # zero-padded, so a listing sorts by version
 
@@ -82,7 +83,9 @@ class DatasetRegistry:
     """The registered datasets of one datastore."""
 
     def __init__(self, datastore: Datastore | None = None):
-        self.datastore = datastore or LocalDatastore()
+        # Default: the workspace datastore the environment selects, as the pipeline and the CLI
+        # see it, so `DatasetRegistry().get(...)` works the same in a notebook and a step script.
+        self.datastore = datastore or workspace_datastore()
 
     def list_datasets(self) -> list[str]:
         """Names of every registered dataset."""

@@ -40,6 +40,14 @@ def test_first_run_registers_clean_data_and_trains_a_good_model(project, spark_p
     assert df[FEATURES].isna().sum().sum() == 0
     assert set(df["Embarked"]) <= {0, 1, 2} and set(df["Sex"]) == {0, 1}
 
+    # The same version, as a notebook or a step script would load it: registry on the workspace
+    # datastore the environment selects, as a Spark DataFrame and as files.
+    latest = DatasetRegistry().get("titanic_prepared")
+    assert latest.version == 1 and latest.lineage["step"] == "dataprep"
+    assert latest.lineage["inputs"]["titanic"]["content_hash"] == mats["titanic"]["content_hash"]
+    assert latest.to_spark_dataframe().count() == 891
+    assert any(p.suffix == ".parquet" for p in latest.local_path().iterdir())
+
     # The model is a real, loadable classifier.
     model_dir = datastore.local_path(result.output_for_node("train", "titanic_model").path)
     clf = pickle.loads((model_dir / "model.pkl").read_bytes())
