@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from aml_assets.datastore import Datastore, LocalDatastore
 from aml_assets.errors import AmlAssetsError
+from aml_assets.gc import collect_garbage
 from aml_assets.registry import DatasetRegistry
 from aml_assets.reuse import StepLedger
 from aml_assets.workspace import workspace_datastore
@@ -73,6 +74,19 @@ def cmd_datasets(args: argparse.Namespace, out) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace, out) -> int:
+    report = collect_garbage(_datastore(args), args.older_than_hours * 3600, dry_run=args.dry_run)
+    verb = "Would remove" if args.dry_run else "Removed"
+    for rel in report.removed:
+        print(f"{verb} {rel}", file=out)
+    print(
+        f"{verb} {len(report.removed)} leftover(s); kept {report.kept_young} younger than "
+        f"{args.older_than_hours:g} h.",
+        file=out,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="aml-assets", description=__doc__)
@@ -101,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("version", type=int)
     delete.add_argument("--force", action="store_true")
     ds.set_defaults(func=cmd_datasets)
+
+    gc = sub.add_parser("gc", help="remove what killed or crashed steps left behind")
+    gc.add_argument("--older-than-hours", type=float, default=24.0, help="grace period (default 24)")
+    gc.add_argument("--dry-run", action="store_true", help="list, do not delete")
+    gc.set_defaults(func=cmd_gc)
     return parser
 
 

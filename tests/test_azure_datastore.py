@@ -357,3 +357,22 @@ def test_datastore_is_selected_by_environment(monkeypatch):
     assert isinstance(store, AzureBlobDatastore)
     assert store.uri("x") == "abfs://aml/x"
     assert "c2VjcmV0" not in repr(store)
+
+
+def test_gc_on_both_stores_removes_uncommitted_attempts_only(store):
+    import json
+
+    from aml_assets.gc import collect_garbage
+
+    fp = "steps/s/0123abcd"
+    store.write_bytes(f"{fp}/kept-attempt/out/data.bin", b"committed")
+    store.write_bytes(f"{fp}/lost-attempt/out/data.bin", b"never committed")
+    commit = {"fingerprint": "0123abcd", "run_id": "r", "outputs": {"out": {"path": f"{fp}/kept-attempt/out"}},
+              "components": {}, "created": 0.0}
+    assert store.create_exclusive(f"{fp}/commits/0001-kept.json", json.dumps(commit).encode())
+    young = collect_garbage(store, older_than_seconds=3600)
+    assert young.removed == [] and young.kept_young == 1
+    report = collect_garbage(store, older_than_seconds=0)
+    assert report.removed == [f"{fp}/lost-attempt"]
+    assert not store.exists(f"{fp}/lost-attempt/out/data.bin")
+    assert store.read_bytes(f"{fp}/kept-attempt/out/data.bin") == b"committed"
