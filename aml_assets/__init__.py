@@ -16,6 +16,7 @@ _EXPORTS = {
     "aml_assets.datastore": ["Datastore", "LocalDatastore"],
     "aml_assets.errors": [
         "AmlAssetsError",
+        "ComputeTargetError",
         "DatasetCheckFailedError",
         "DatasetError",
         "DatastoreError",
@@ -58,6 +59,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from aml_assets.datastore import Datastore, LocalDatastore
     from aml_assets.errors import (
         AmlAssetsError,
+        ComputeTargetError,
         DatasetCheckFailedError,
         DatasetError,
         DatastoreError,

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr, field_validator
+
+from aml_assets.errors import ComputeTargetError
 
 #: Spark accepts a number of bytes or a number with a k/m/g/t (optionally +b) suffix.
 _MEMORY = re.compile(r"^\d+\s*([kmgtp]b?)?$", re.IGNORECASE)
@@ -87,6 +92,13 @@ class SparkPool(ConfigurableResource):
     """
 
     master: str = Field(default="local[*]", description="Spark master URL, e.g. local[2] or spark://host:7077.")
+    remote: str | None = Field(
+        default=None,
+        description=(
+            "Spark Connect URL (sc://host:15002). Set: steps attach to that server and no JVM starts "
+            "in the step's process; master and sizing are the server's."
+        ),
+    )
     app_name: str = Field(default="aml-assets", description="Spark application name.")
     driver_memory: str = Field(default="1g", description="spark.driver.memory")
     driver_cores: int = Field(default=1, ge=1, description="spark.driver.cores")
@@ -128,6 +140,8 @@ class SparkPool(ConfigurableResource):
         from dagster_pyspark import LazyPySparkResource
         from pyspark.sql import SparkSession
 
+        if self.remote:
+            return self._connect(log)
         conf = self.spark_conf(overrides)
         running = SparkSession.getActiveSession()
         started = time.perf_counter()
@@ -147,3 +161,55 @@ class SparkPool(ConfigurableResource):
                         "JVM sizing applies only when a session starts."
                     )
         return self._session
+
+    def _connect(self, log: Any) -> Any:
+        from pyspark.errors import PySparkException
+        from pyspark.sql import SparkSession
+
+        started = time.perf_counter()
+        self._check_reachable()
+        try:
+            # create(), not getOrCreate(): pyspark keeps one default Connect session per process,
+            # whatever URL it was made for, so getOrCreate() could hand back another server's.
+            self._session = SparkSession.builder.remote(self.remote).create()
+            self._session.range(1).count()  # fail here, clearly, if the server is not there
+        except (PySparkException, OSError) as exc:
+            raise ComputeTargetError(
+                f"Spark pool cannot reach the Spark Connect server at {self.remote}: {exc}. Start "
+                "it (sbin/start-connect-server.sh) or fix the pool's remote= URL."
+            ) from exc
+        log.info(
+            f"Spark pool attached to Spark Connect server {self.remote} "
+            f"({time.perf_counter() - started:.2f} s)"
+        )
+        return self._session
+
+    def _check_reachable(self, timeout: float = 5.0) -> None:
+        # The Connect client retries a refused connection with back-off for minutes; a plain TCP
+        # probe first turns a wrong URL or a stopped server into an error in seconds.
+        parsed = urlparse((self.remote or "").split(";", 1)[0])
+        host, port = parsed.hostname or "localhost", parsed.port or 15002
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise ComputeTargetError(
+                f"Spark pool cannot reach the Spark Connect server at {self.remote}: {exc}. Start "
+                "it (sbin/start-connect-server.sh) or fix the pool's remote= URL."
+            ) from exc
+
+    @contextmanager
+    def script_environment(self) -> Iterator[None]:
+        """While a step script runs: make its own ``SparkSession.builder.getOrCreate()`` find
+        the pool's session (for Spark Connect that needs ``SPARK_REMOTE``)."""
+        if not self.remote:
+            yield
+            return
+        saved = os.environ.get("SPARK_REMOTE")
+        os.environ["SPARK_REMOTE"] = self.remote
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("SPARK_REMOTE", None)
+            else:
+                os.environ["SPARK_REMOTE"] = saved

@@ -32,5 +32,9 @@ class PipelineValidationError(AmlAssetsError):
         )
 
 
+class ComputeTargetError(AmlAssetsError):
+    """A compute target (Spark pool, CPU cluster) cannot be reached or used."""
+
+
 class StepFailedError(AmlAssetsError):
     """A step's script failed; carries the tail of its stderr."""

@@ -377,7 +377,7 @@ class StepExecution:
         sys.argv = [str(step.script_path), *args]
         sys.path.insert(0, source)
         try:
-            with in_process_run(run):
+            with in_process_run(run), self.compute.script_environment():
                 runpy.run_path(str(step.script_path), run_name="__main__")
         except SystemExit as exc:
             if exc.code not in (0, None):
