@@ -168,10 +168,20 @@ class SparkPool(ConfigurableResource):
 
         started = time.perf_counter()
         self._check_reachable()
+        running = SparkSession.getActiveSession()
+        if running is not None and not hasattr(running, "client"):
+            raise ComputeTargetError(
+                f"Spark pool is configured for Spark Connect ({self.remote}), but a local "
+                "SparkSession already runs in this process and PySpark cannot hold both. Use one "
+                "kind of Spark pool per process (or run this pipeline in its own process)."
+            )
         try:
             # create(), not getOrCreate(): pyspark keeps one default Connect session per process,
             # whatever URL it was made for, so getOrCreate() could hand back another server's.
-            self._session = SparkSession.builder.remote(self.remote).create()
+            with _restored_env(_CONNECT_ENV):
+                # PySpark flags Connect mode in os.environ, which every process started later
+                # (a step's script, a run worker) would inherit and obey.
+                self._session = SparkSession.builder.remote(self.remote).create()
             self._session.range(1).count()  # fail here, clearly, if the server is not there
         except (PySparkException, OSError) as exc:
             raise ComputeTargetError(
@@ -204,12 +214,23 @@ class SparkPool(ConfigurableResource):
         if not self.remote:
             yield
             return
-        saved = os.environ.get("SPARK_REMOTE")
-        os.environ["SPARK_REMOTE"] = self.remote
-        try:
+        with _restored_env(_CONNECT_ENV):
+            os.environ["SPARK_REMOTE"] = self.remote
             yield
-        finally:
-            if saved is None:
-                os.environ.pop("SPARK_REMOTE", None)
+
+
+#: Environment variables PySpark sets process-wide when it enters Spark Connect mode.
+_CONNECT_ENV = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE")
+
+
+@contextmanager
+def _restored_env(names: Sequence[str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
             else:
-                os.environ["SPARK_REMOTE"] = saved
+                os.environ[name] = value

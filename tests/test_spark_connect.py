@@ -1,14 +1,45 @@
-"""Spark pools on a Spark Connect server: steps attach to it, no JVM starts in the step's process."""
+"""Spark pools on a Spark Connect server: steps attach to it, no JVM starts in the step's process.
+
+The end-to-end run happens in a fresh process: PySpark cannot hold a Connect session beside the
+local session the other tests share, and a real project uses one kind of pool per process.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from aml_assets import DatasetRegistry, SparkPool
-from tests.support.runs import log_messages, materializations, reference_defs, run_job, step_failure_messages
+from tests.support.runs import reference_defs, run_job, step_failure_messages
 from tests.support.spark_connect import SparkConnectServer
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+
+RUNNER = """
+import json, os, sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from dagster import DagsterInstance
+from aml_assets import SparkPool
+from tests.support.runs import log_messages, materializations, reference_defs, run_job
+instance = DagsterInstance.ephemeral()
+result = run_job(reference_defs(Path({project!r}), SparkPool(remote={url!r})), instance)
+mats = materializations(result)
+print("RESULT " + json.dumps({{
+    "success": result.success,
+    "rows": mats.get("titanic_prepared", {{}}).get("dagster/row_count"),
+    "accuracy": mats.get("titanic_model", {{}}).get("accuracy"),
+    "messages": [m for m in log_messages(instance, result.run_id) if "Spark" in m],
+    "connect_env_leaked": "SPARK_CONNECT_MODE_ENABLED" in os.environ,
+}}))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +49,18 @@ def connect_server():
     server.stop()
 
 
-def test_reference_pipeline_on_spark_connect(project, instance, datastore, connect_server):
-    pool = SparkPool(remote=connect_server.url)
-    result = run_job(reference_defs(project, pool), instance)
-    assert result.success, step_failure_messages(result)
-    mats = materializations(result)
-    assert mats["titanic_prepared"]["dagster/row_count"] == 891
-    assert mats["titanic_model"]["accuracy"] >= 0.75
-    messages = log_messages(instance, result.run_id)
-    assert any(f"attached to Spark Connect server {connect_server.url}" in m for m in messages)
-    assert not any("started a SparkSession" in m for m in messages)
+def test_reference_pipeline_on_spark_connect(project, datastore, connect_server, tmp_path):
+    script = tmp_path / "connect_run.py"
+    script.write_text(RUNNER.format(repo=str(REPO), project=str(project), url=connect_server.url))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, out.stderr[-3000:]
+    result = json.loads(lines[0].removeprefix("RESULT "))
+    assert result["success"], out.stderr[-3000:]
+    assert result["rows"] == 891 and result["accuracy"] >= 0.75
+    assert any(f"attached to Spark Connect server {connect_server.url}" in m for m in result["messages"])
+    assert not any("started a SparkSession" in m for m in result["messages"])
+    assert result["connect_env_leaked"] is False, "Connect mode must not leak into later processes"
     assert len(DatasetRegistry(datastore).get("titanic_prepared").to_pandas_dataframe()) == 891
 
 
