@@ -168,8 +168,10 @@ class SparkPool(ConfigurableResource):
 
         started = time.perf_counter()
         self._check_reachable()
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+
         running = SparkSession.getActiveSession()
-        if running is not None and not hasattr(running, "client"):
+        if running is not None and not isinstance(running, ConnectSession):
             raise ComputeTargetError(
                 f"Spark pool is configured for Spark Connect ({self.remote}), but a local "
                 "SparkSession already runs in this process and PySpark cannot hold both. Use one "

@@ -72,3 +72,14 @@ def test_unreachable_connect_server_fails_the_step_clearly(project, instance, da
     assert "Spark pool cannot reach the Spark Connect server at sc://127.0.0.1:9" in message
     assert "Start it (sbin/start-connect-server.sh) or fix the pool's remote= URL" in message
     assert DatasetRegistry(datastore).versions("titanic_prepared") == []
+
+
+def test_connect_pool_beside_a_local_session_is_refused_clearly(spark_pool, connect_server):
+    import logging
+
+    from aml_assets import ComputeTargetError
+
+    log = logging.getLogger("test")
+    spark_pool.model_copy().session(log)  # a local session now runs in this process
+    with pytest.raises(ComputeTargetError, match="a local SparkSession already runs in this process"):
+        SparkPool(remote=connect_server.url).session(log)
