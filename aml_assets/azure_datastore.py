@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -342,23 +342,8 @@ class AzureBlobDatastore(Datastore):
             return super().upload_files(files, target_path, overwrite)
 
     def download(self, rel: str, local_dir: Path) -> Path:
-        local_dir = Path(local_dir)
         with self._guard("download", rel):
-            info = self._info(rel)
-            fs, full = self.filesystem(), self.path(rel)
-            target = local_dir / PurePosixPath(rel).name
-            local_dir.mkdir(parents=True, exist_ok=True)
-            if info["type"] == "file":
-                fs.get_file(full, str(target))
-                return target
-            sources = fs.find(full)
-            dests = [str(target / PurePosixPath(s).relative_to(full)) for s in sources]
-            for d in dests:
-                Path(d).parent.mkdir(parents=True, exist_ok=True)
-            target.mkdir(parents=True, exist_ok=True)
-            if sources:
-                fs.get(sources, dests)  # concurrent
-            return target
+            return super().download(rel, local_dir)
 
 
 def _is_connection_error(exc: BaseException) -> bool:

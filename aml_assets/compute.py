@@ -186,15 +186,18 @@ class SparkPool(ConfigurableResource):
                 self._session = SparkSession.builder.remote(self.remote).create()
             self._session.range(1).count()  # fail here, clearly, if the server is not there
         except (PySparkException, OSError) as exc:
-            raise ComputeTargetError(
-                f"Spark pool cannot reach the Spark Connect server at {self.remote}: {exc}. Start "
-                "it (sbin/start-connect-server.sh) or fix the pool's remote= URL."
-            ) from exc
+            raise self._unreachable(exc) from exc
         log.info(
             f"Spark pool attached to Spark Connect server {self.remote} "
             f"({time.perf_counter() - started:.2f} s)"
         )
         return self._session
+
+    def _unreachable(self, exc: BaseException) -> ComputeTargetError:
+        return ComputeTargetError(
+            f"Spark pool cannot reach the Spark Connect server at {self.remote}: {exc}. Start "
+            "it (sbin/start-connect-server.sh) or fix the pool's remote= URL."
+        )
 
     def _check_reachable(self, timeout: float = 5.0) -> None:
         # The Connect client retries a refused connection with back-off for minutes; a plain TCP
@@ -204,10 +207,7 @@ class SparkPool(ConfigurableResource):
         try:
             socket.create_connection((host, port), timeout=timeout).close()
         except OSError as exc:
-            raise ComputeTargetError(
-                f"Spark pool cannot reach the Spark Connect server at {self.remote}: {exc}. Start "
-                "it (sbin/start-connect-server.sh) or fix the pool's remote= URL."
-            ) from exc
+            raise self._unreachable(exc) from exc
 
     @contextmanager
     def script_environment(self) -> Iterator[None]:

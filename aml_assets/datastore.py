@@ -121,6 +121,12 @@ class Datastore(ConfigurableResource, ABC):
         return entries
 
     # --- generic operations over fsspec ---------------------------------------------------
+    def _nothing_at(self, rel: str, where: object) -> DatastoreError:
+        return DatastoreError(
+            f"Datastore '{self.name}': nothing at '{rel}' ({where}). Check the path, or upload "
+            "the data first (Datastore.upload_files)."
+        )
+
     def path(self, rel: str) -> str:
         """The full filesystem path of a datastore-relative path."""
         rel = check_relative_path(self.name, rel)
@@ -130,10 +136,7 @@ class Datastore(ConfigurableResource, ABC):
         try:
             return self.filesystem().info(self.path(rel))
         except FileNotFoundError as exc:
-            raise DatastoreError(
-                f"Datastore '{self.name}': nothing at '{rel}' ({self.uri(rel)}). Check the path, or "
-                "upload the data first (Datastore.upload_files)."
-            ) from exc
+            raise self._nothing_at(rel, self.uri(rel)) from exc
 
     def exists(self, rel: str) -> bool:
         """Whether a file or directory exists at ``rel``."""
@@ -209,12 +212,13 @@ class Datastore(ConfigurableResource, ABC):
         if info["type"] == "file":
             fs.get_file(full, str(target))
             return target
+        sources = fs.find(full)
+        dests = [str(target / PurePosixPath(src).relative_to(full)) for src in sources]
+        for dest in dests:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
         target.mkdir(parents=True, exist_ok=True)
-        for src in fs.find(full):
-            sub = PurePosixPath(src).relative_to(full.strip("/") if not full.startswith("/") else full)
-            dest = target / sub
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(src, str(dest))
+        if sources:
+            fs.get(sources, dests)  # one call: stores that can fetch concurrently do
         return target
 
 
@@ -277,10 +281,7 @@ class LocalDatastore(Datastore):
     def manifest(self, rel: str, cache: StatCache | None = None) -> list[ManifestEntry]:
         path = self.local_path(rel)
         if not path.exists():
-            raise DatastoreError(
-                f"Datastore '{self.name}': nothing at '{rel}' ({path}). Check the path, or upload "
-                "the data first (Datastore.upload_files)."
-            )
+            raise self._nothing_at(rel, path)
         return data_manifest(path, cache)
 
     def download(self, rel: str, local_dir: Path) -> Path:
@@ -288,10 +289,7 @@ class LocalDatastore(Datastore):
         # (shutil uses sendfile/copy_file_range) instead of fsspec's Python read/write loop.
         source = self.local_path(rel)
         if not source.exists():
-            raise DatastoreError(
-                f"Datastore '{self.name}': nothing at '{rel}' ({source}). Check the path, or upload "
-                "the data first (Datastore.upload_files)."
-            )
+            raise self._nothing_at(rel, source)
         local_dir = Path(local_dir)
         local_dir.mkdir(parents=True, exist_ok=True)
         target = local_dir / source.name
