@@ -19,7 +19,7 @@ from aml_assets import (
     SynapseSparkStep,
     TabularDataset,
 )
-from aml_assets.steps import Environment
+from aml_assets.pipeline.steps import Environment
 from resources.compute import compute_targets
 from resources.datastores import datastores
 

@@ -1,6 +1,6 @@
 """aml-assets: Azure ML-style pipelines on Dagster, local-first.
 
-Names are imported lazily (PEP 562), so ``import aml_assets.fingerprint`` does not pay for
+Names are imported lazily (PEP 562), so ``import aml_assets.reuse.fingerprint`` does not pay for
 Dagster's import; ``from aml_assets import Pipeline`` works as usual.
 """
 
@@ -10,10 +10,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "aml_assets.checks": ["ExpectedColumns", "NotNull", "RowCount", "SchemaDrift", "UniqueKey"],
-    "aml_assets.compute": ["CpuCluster", "LocalProcessCluster", "SparkPool"],
-    "aml_assets.datasets": ["DatasetRef", "FileDataset", "InputMode", "OutputDataset", "TabularDataset"],
-    "aml_assets.datastore": ["Datastore", "LocalDatastore"],
+    "aml_assets.data.checks": ["ExpectedColumns", "NotNull", "RowCount", "SchemaDrift", "UniqueKey"],
+    "aml_assets.compute.cluster": ["CpuCluster", "LocalProcessCluster"],
+    "aml_assets.compute.spark": ["SparkPool"],
+    "aml_assets.data.datasets": ["DatasetRef", "FileDataset", "InputMode", "OutputDataset", "TabularDataset"],
+    "aml_assets.data.datastore": ["Datastore", "LocalDatastore"],
     "aml_assets.errors": [
         "AmlAssetsError",
         "ComputeTargetError",
@@ -23,10 +24,10 @@ _EXPORTS = {
         "PipelineValidationError",
         "StepFailedError",
     ],
-    "aml_assets.parameters": ["PipelineParameter"],
-    "aml_assets.pipeline": ["Pipeline"],
-    "aml_assets.registry": ["DatasetRegistry", "RegisteredDataset"],
-    "aml_assets.steps": ["Environment", "PythonScriptStep", "SynapseSparkStep"],
+    "aml_assets.pipeline.parameters": ["PipelineParameter"],
+    "aml_assets.pipeline.definition": ["Pipeline"],
+    "aml_assets.data.registry": ["DatasetRegistry", "RegisteredDataset"],
+    "aml_assets.pipeline.steps": ["Environment", "PythonScriptStep", "SynapseSparkStep"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -47,16 +48,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from aml_assets.checks import ExpectedColumns, NotNull, RowCount, SchemaDrift, UniqueKey
-    from aml_assets.compute import CpuCluster, LocalProcessCluster, SparkPool
-    from aml_assets.datasets import (
+    from aml_assets.compute.cluster import CpuCluster, LocalProcessCluster
+    from aml_assets.compute.spark import SparkPool
+    from aml_assets.data.checks import ExpectedColumns, NotNull, RowCount, SchemaDrift, UniqueKey
+    from aml_assets.data.datasets import (
         DatasetRef,
         FileDataset,
         InputMode,
         OutputDataset,
         TabularDataset,
     )
-    from aml_assets.datastore import Datastore, LocalDatastore
+    from aml_assets.data.datastore import Datastore, LocalDatastore
+    from aml_assets.data.registry import DatasetRegistry, RegisteredDataset
     from aml_assets.errors import (
         AmlAssetsError,
         ComputeTargetError,
@@ -66,7 +69,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         PipelineValidationError,
         StepFailedError,
     )
-    from aml_assets.parameters import PipelineParameter
-    from aml_assets.pipeline import Pipeline
-    from aml_assets.registry import DatasetRegistry, RegisteredDataset
-    from aml_assets.steps import Environment, PythonScriptStep, SynapseSparkStep
+    from aml_assets.pipeline.definition import Pipeline
+    from aml_assets.pipeline.parameters import PipelineParameter
+    from aml_assets.pipeline.steps import Environment, PythonScriptStep, SynapseSparkStep

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from aml_assets.datastore import Datastore, LocalDatastore
+from aml_assets.data.datastore import Datastore, LocalDatastore
+from aml_assets.data.registry import DatasetRegistry
+from aml_assets.data.workspace import workspace_datastore
 from aml_assets.errors import AmlAssetsError
-from aml_assets.gc import collect_garbage
-from aml_assets.registry import DatasetRegistry
-from aml_assets.reuse import StepLedger
-from aml_assets.workspace import workspace_datastore
+from aml_assets.reuse.gc import collect_garbage
+from aml_assets.reuse.ledger import StepLedger
 
 
 def _datastore(args: argparse.Namespace) -> Datastore:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from aml_assets import LocalDatastore
-    from aml_assets.azure_datastore import AzureBlobDatastore
+    from aml_assets.data.azure import AzureBlobDatastore
     from tests.support.azurite import AzuriteServer
 
     work = Path(tempfile.mkdtemp(prefix="aml-bench-datastore-"))

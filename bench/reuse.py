@@ -369,7 +369,7 @@ def profile_run(fn: Callable[[], object]) -> dict:
 
 
 def bench_hash(report: Report, tmp: Path, size_mb: int, reps: int = 3) -> None:
-    from aml_assets.fingerprint import RACY_WINDOW_NS, StatCache, hash_file
+    from aml_assets.data.content import RACY_WINDOW_NS, StatCache, hash_file
 
     big_dir = Path(tempfile.mkdtemp(prefix="aml-bench-big-", dir=tmp))
     big = big_dir / "big.bin"

@@ -1,6 +1,6 @@
 """Datastores of the reference project: the embedded local default, or Azure Blob by config."""
 
-from aml_assets.workspace import workspace_datastore
+from aml_assets.data.workspace import workspace_datastore
 
 
 def datastores() -> dict:

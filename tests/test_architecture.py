@@ -8,7 +8,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["aml_assets.fingerprint", "amlrun", "amlrun.launch"])
+@pytest.mark.parametrize("module", ["aml_assets.reuse.fingerprint", "amlrun", "amlrun.launch"])
 def test_module_imports_without_dagster(module):
     code = (
         f"import sys, importlib; importlib.import_module({module!r}); "

@@ -15,10 +15,10 @@ from dagster import EnvVar
 from dagster._serdes import serialize_value
 
 from aml_assets import DatasetRegistry, DatastoreError, LocalDatastore
-from aml_assets.azure_datastore import AzureBlobDatastore
-from aml_assets.datasets import DatasetRef
-from aml_assets.datastore import Datastore
-from aml_assets.fingerprint import manifest_digest
+from aml_assets.data.azure import AzureBlobDatastore
+from aml_assets.data.content import manifest_digest
+from aml_assets.data.datasets import DatasetRef
+from aml_assets.data.datastore import Datastore
 from tests.support.azurite import free_port
 from tests.support.runs import (
     materializations,
@@ -362,7 +362,7 @@ def test_datastore_is_selected_by_environment(monkeypatch):
 def test_gc_on_both_stores_removes_uncommitted_attempts_only(store):
     import json
 
-    from aml_assets.gc import collect_garbage
+    from aml_assets.reuse.gc import collect_garbage
 
     fp = "steps/s/0123abcd"
     store.write_bytes(f"{fp}/kept-attempt/out/data.bin", b"committed")

@@ -8,17 +8,15 @@ import time
 
 import blake3
 
-from aml_assets.fingerprint import (
+from aml_assets.data.content import (
     RACY_WINDOW_NS,
     StatCache,
-    StepFingerprint,
     canonical_digest,
-    code_manifest,
     data_manifest,
-    explain_difference,
     hash_file,
     manifest_digest,
 )
+from aml_assets.reuse.fingerprint import StepFingerprint, code_manifest, explain_difference
 
 
 def test_canonical_encoding_is_unambiguous_and_order_free():

@@ -8,7 +8,7 @@ import time
 
 from aml_assets import DatasetRegistry
 from aml_assets.cli import main
-from aml_assets.gc import collect_garbage
+from aml_assets.reuse.gc import collect_garbage
 from tests.support.runs import materializations, run_job
 from tests.support.small import small_defs
 

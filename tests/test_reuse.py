@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aml_assets import DatasetRegistry
-from aml_assets.reuse import StepLedger
+from aml_assets.reuse.ledger import StepLedger
 from tests.support.runs import (
     log_messages,
     materializations,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from aml_assets import DatasetRegistry
-from aml_assets.reuse import StepLedger
+from aml_assets.reuse.ledger import StepLedger
 from tests.support.runs import materializations, run_job, step_failure_messages
 from tests.support.small import small_defs
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from aml_assets.datasets import DatasetInput, OutputDataset
-from aml_assets.parameters import PipelineParameter
+from aml_assets.data.datasets import DatasetInput, OutputDataset
+from aml_assets.pipeline.parameters import PipelineParameter
 
 Argument = str | int | float | bool | DatasetInput | OutputDataset | PipelineParameter
 
@@ -121,7 +121,7 @@ class SynapseSparkStep(Step):
         return {**{k: str(v) for k, v in sizing.items() if v is not None}, **self.conf}
 
     def settings(self) -> dict[str, Any]:
-        from aml_assets.compute import SPARK_SIZING_KEYS
+        from aml_assets.compute.spark import SPARK_SIZING_KEYS
 
         result_conf = {k: v for k, v in self.conf.items() if k not in SPARK_SIZING_KEYS}
         return {**super().settings(), "spark_conf": result_conf}

@@ -1,17 +1,14 @@
-"""Compute targets as Dagster resources: Synapse-style Spark pools and CPU clusters."""
+"""Spark pools as Dagster resources: local, a standalone cluster, or a Spark Connect server."""
 
 from __future__ import annotations
 
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,10 +20,6 @@ from aml_assets.errors import ComputeTargetError
 #: Spark accepts a number of bytes or a number with a k/m/g/t (optionally +b) suffix.
 _MEMORY = re.compile(r"^\d+\s*([kmgtp]b?)?$", re.IGNORECASE)
 
-#: Op tag naming the compute target a step runs on; the executor limits concurrency by it.
-COMPUTE_TAG = "aml/compute_target"
-
-
 def memory_string_problem(value: str) -> str | None:
     """Why a Spark memory string is invalid, or None if it is valid."""
     if not isinstance(value, str) or not _MEMORY.match(value.strip()):
@@ -35,37 +28,6 @@ def memory_string_problem(value: str) -> str | None:
             "or '1t'"
         )
     return None
-
-
-class CpuCluster(ConfigurableResource, ABC):
-    """Where script steps run, and how many may run at once."""
-
-    max_concurrent_steps: int = Field(
-        default=2, ge=1, description="How many steps may run on this target at once."
-    )
-
-    @abstractmethod
-    def start(
-        self, command: Sequence[str], env: Mapping[str, str], cwd: Path
-    ) -> subprocess.Popen[bytes]:
-        """Start a step's process; stdout and stderr must be pipes the caller reads."""
-
-
-class LocalProcessCluster(CpuCluster):
-    """Runs each step as a local process: the embedded default CPU cluster."""
-
-    def start(
-        self, command: Sequence[str], env: Mapping[str, str], cwd: Path
-    ) -> subprocess.Popen[bytes]:
-        # A new session, so a kill of the step reaches everything the script started.
-        return subprocess.Popen(
-            list(command),
-            env=dict(env),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
 
 
 #: Step/pool settings that size the cluster but never change a result: left out of fingerprints.

@@ -34,21 +34,22 @@ from dagster import (
 )
 from pydantic import Field, create_model
 
-from aml_assets.checks import check_specs, run_checks
-from aml_assets.compute import COMPUTE_TAG, CpuCluster, SparkPool, memory_string_problem
-from aml_assets.datasets import DatasetRef, OutputDataset, SourceDataset
-from aml_assets.datastore import Datastore, check_relative_path, open_stat_cache
+from aml_assets.compute.cluster import COMPUTE_TAG, CpuCluster
+from aml_assets.compute.spark import SparkPool, memory_string_problem
+from aml_assets.data.checks import check_specs, run_checks
+from aml_assets.data.datasets import DatasetRef, OutputDataset, SourceDataset
+from aml_assets.data.datastore import Datastore, check_relative_path, open_stat_cache
+from aml_assets.data.io_manager import REGISTERED_KEY, DatastoreIOManager
+from aml_assets.data.sources import materialize_source
 from aml_assets.errors import (
     DatasetCheckFailedError,
     DatasetError,
     DatastoreError,
     PipelineValidationError,
 )
-from aml_assets.io_manager import REGISTERED_KEY, DatastoreIOManager
-from aml_assets.parameters import PipelineParameter
-from aml_assets.runner import StepExecution, StepResult
-from aml_assets.sources import materialize_source
-from aml_assets.steps import Step, SynapseSparkStep
+from aml_assets.pipeline.execution import StepExecution, StepResult
+from aml_assets.pipeline.parameters import PipelineParameter
+from aml_assets.pipeline.steps import Step, SynapseSparkStep
 
 IO_MANAGER_KEY = "aml_io"
 RUN_SETTINGS_KEY = "pipeline"

@@ -6,7 +6,7 @@ import os
 
 from dagster import EnvVar
 
-from aml_assets.datastore import Datastore, LocalDatastore
+from aml_assets.data.datastore import Datastore, LocalDatastore
 
 #: ``azure`` selects Azure Blob Storage; anything else (or unset) the local folder.
 SELECT_ENV = "AML_DATASTORE"
@@ -25,7 +25,7 @@ def workspace_datastore(name: str = "workspace") -> Datastore:
     - otherwise: a local folder (``$AML_DATASTORE_ROOT``, else the platform's data folder).
     """
     if os.environ.get(SELECT_ENV, "").strip().lower() == "azure":
-        from aml_assets.azure_datastore import AzureBlobDatastore
+        from aml_assets.data.azure import AzureBlobDatastore
 
         return AzureBlobDatastore(
             name=name,

@@ -13,10 +13,10 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableSchema
 
-from aml_assets.datasets import DatasetRef, SourceDataset, tabular_stats
-from aml_assets.datastore import Datastore, open_stat_cache
+from aml_assets.data.content import manifest_digest
+from aml_assets.data.datasets import DatasetRef, SourceDataset, tabular_stats
+from aml_assets.data.datastore import Datastore, open_stat_cache
 from aml_assets.errors import DatasetError, DatastoreError
-from aml_assets.fingerprint import manifest_digest
 
 
 def _ensure_present(ds: SourceDataset, store: Datastore, log: Any) -> None:

@@ -25,8 +25,8 @@ import platformdirs
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from aml_assets.data.content import ManifestEntry, StatCache, data_manifest
 from aml_assets.errors import DatastoreError
-from aml_assets.fingerprint import ManifestEntry, StatCache, data_manifest
 
 DEFAULT_ROOT_ENV = "AML_DATASTORE_ROOT"
 CACHE_DIR_ENV = "AML_CACHE_DIR"

@@ -18,10 +18,10 @@ from dagster import (
     ResourceDependency,
 )
 
-from aml_assets.datasets import DatasetRef, read_pandas
-from aml_assets.datastore import Datastore
+from aml_assets.data.datasets import DatasetRef, read_pandas
+from aml_assets.data.datastore import Datastore
+from aml_assets.data.registry import DatasetRegistry
 from aml_assets.errors import DatasetError
-from aml_assets.registry import DatasetRegistry
 
 REGISTERED_KEY = "aml/registered"
 

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aml_assets.datastore import Datastore
+from aml_assets.data.datastore import Datastore
 from aml_assets.errors import AmlAssetsError
-from aml_assets.fingerprint import explain_difference
+from aml_assets.reuse.fingerprint import explain_difference
 
 
 @dataclass

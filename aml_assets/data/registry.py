@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aml_assets.datasets import DatasetRef, read_pandas
-from aml_assets.datastore import Datastore
+from aml_assets.data.datasets import DatasetRef, read_pandas
+from aml_assets.data.datastore import Datastore
+from aml_assets.data.workspace import workspace_datastore
 from aml_assets.errors import DatasetError
-from aml_assets.workspace import workspace_datastore
 
 _WIDTH = 6  # zero-padded, so a listing sorts by version
 

@@ -20,8 +20,8 @@ from dagster import (
     MetadataValue,
 )
 
-from aml_assets.datasets import DatasetRef, read_arrow_table
-from aml_assets.datastore import Datastore
+from aml_assets.data.datasets import DatasetRef, read_arrow_table
+from aml_assets.data.datastore import Datastore
 
 #: Type families a user can name instead of exact Arrow types.
 _FAMILIES = {
@@ -233,7 +233,7 @@ def run_checks(
 
 def _previous_columns(store: Datastore, dataset: str, content_hash: str) -> list[list[str]] | None:
     """Column (name, type) pairs of the newest registered version with other content, if any."""
-    from aml_assets.registry import DatasetRegistry
+    from aml_assets.data.registry import DatasetRegistry
 
     registry = DatasetRegistry(store)
     for version in reversed(registry.versions(dataset)):

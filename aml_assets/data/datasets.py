@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from aml_assets.errors import DatasetError
 
 if TYPE_CHECKING:
-    from aml_assets.checks import DatasetCheck
+    from aml_assets.data.checks import DatasetCheck
 
 TabularFormat = Literal["csv", "parquet"]
 OutputFormat = Literal["csv", "parquet", "files"]

@@ -25,21 +25,22 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from aml_assets.compute import CpuCluster, SparkPool
-from aml_assets.datasets import DatasetInput, DatasetRef, InputMode, OutputDataset, tabular_stats
-from aml_assets.datastore import Datastore
-from aml_assets.errors import StepFailedError
-from aml_assets.fingerprint import (
-    StatCache,
-    StepFingerprint,
-    code_manifest,
-    data_manifest,
-    explain_difference,
-    manifest_digest,
+from aml_assets.compute.cluster import CpuCluster
+from aml_assets.compute.spark import SparkPool
+from aml_assets.data.content import StatCache, data_manifest, manifest_digest
+from aml_assets.data.datasets import (
+    DatasetInput,
+    DatasetRef,
+    InputMode,
+    OutputDataset,
+    tabular_stats,
 )
-from aml_assets.parameters import PipelineParameter
-from aml_assets.reuse import Commit, StepLedger
-from aml_assets.steps import Step
+from aml_assets.data.datastore import Datastore
+from aml_assets.errors import StepFailedError
+from aml_assets.pipeline.parameters import PipelineParameter
+from aml_assets.pipeline.steps import Step
+from aml_assets.reuse.fingerprint import StepFingerprint, code_manifest, explain_difference
+from aml_assets.reuse.ledger import Commit, StepLedger
 from amlrun.context import CONTEXT_ENV, Run, in_process_run
 
 _STDERR_TAIL_LINES = 40

@@ -25,9 +25,9 @@ from adlfs import AzureBlobFileSystem
 from dagster import EnvVar
 from pydantic import Field, PrivateAttr
 
-from aml_assets.datastore import Datastore, check_relative_path
+from aml_assets.data.content import ManifestEntry, StatCache
+from aml_assets.data.datastore import Datastore, check_relative_path
 from aml_assets.errors import DatastoreError
-from aml_assets.fingerprint import ManifestEntry, StatCache
 
 _REDACTED = "***"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from aml_assets.datastore import Datastore
+from aml_assets.data.datastore import Datastore
 
 
 @dataclass
