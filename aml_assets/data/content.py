@@ -6,12 +6,13 @@ a small pure function of its bytes, used by datastores, datasets and step finger
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,30 +49,49 @@ def _hash_file_uncached(path: Path, size: int) -> str:
 
 
 class StatCache:
-    """Remembers file digests keyed by (device, inode, size, mtime_ns, ctime_ns).
+    """Remembers file digests keyed by (device, inode, kind) and checked against the file's stat.
 
-    An unchanged file then costs one ``stat``. Stored in SQLite so that several step processes
-    (the multiprocess executor) can share it safely.
+    An unchanged file then costs one ``stat``. ``kind`` names what was digested ("raw" bytes, a
+    normalized Python token stream, a canonical Parquet encoding...), so one file can carry several
+    digests. Stored in SQLite so that several step processes (the multiprocess executor) can share
+    it safely. The cache is disposable: a corrupt or unreadable database is discarded and rebuilt,
+    never fatal, since every entry can be recomputed from the file itself.
     """
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS stat_cache (dev INTEGER, ino INTEGER, size INTEGER,"
-            " mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT, recorded_ns INTEGER,"
-            " PRIMARY KEY (dev, ino))"
-        )
+        try:
+            self._conn = self._open()
+        except sqlite3.DatabaseError as exc:
+            logging.getLogger(__name__).warning(
+                "Stat cache %s is unreadable (%s); discarding it and starting a new one.", self.path, exc
+            )
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self._conn = self._open()
 
-    def lookup(self, st: os.stat_result) -> str | None:
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS file_digests (dev INTEGER, ino INTEGER, kind TEXT,"
+                " size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT, recorded_ns INTEGER,"
+                " PRIMARY KEY (dev, ino, kind))"
+            )
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    def lookup(self, st: os.stat_result, kind: str = "raw") -> str | None:
         """The cached digest for a file with this stat, or None when unknown or racily clean."""
         row = self._conn.execute(
-            "SELECT size, mtime_ns, ctime_ns, digest, recorded_ns FROM stat_cache"
-            " WHERE dev = ? AND ino = ?",
-            (st.st_dev, st.st_ino),
+            "SELECT size, mtime_ns, ctime_ns, digest, recorded_ns FROM file_digests"
+            " WHERE dev = ? AND ino = ? AND kind = ?",
+            (st.st_dev, st.st_ino, kind),
         ).fetchone()
         if row is None:
             return None
@@ -82,13 +102,14 @@ class StatCache:
             return None
         return digest
 
-    def store(self, st: os.stat_result, digest: str) -> None:
+    def store(self, st: os.stat_result, digest: str, kind: str = "raw") -> None:
         """Record a digest for a file with this stat."""
         self._conn.execute(
-            "INSERT OR REPLACE INTO stat_cache VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 st.st_dev,
                 st.st_ino,
+                kind,
                 st.st_size,
                 st.st_mtime_ns,
                 st.st_ctime_ns,
@@ -102,18 +123,25 @@ class StatCache:
         self._conn.close()
 
 
-def hash_file(path: Path | str, cache: StatCache | None = None) -> str:
-    """BLAKE3 hex digest of a file's bytes, answered from the stat cache when it can be trusted."""
+def cached_digest(
+    path: Path | str, cache: StatCache | None, kind: str, compute: Callable[[Path, int], str]
+) -> str:
+    """``compute(path, size)``, answered from the stat cache under ``kind`` when it can be trusted."""
     path = Path(path)
     st = path.stat()
     if cache is not None:
-        cached = cache.lookup(st)
+        cached = cache.lookup(st, kind)
         if cached is not None:
             return cached
-    digest = _hash_file_uncached(path, st.st_size)
+    digest = compute(path, st.st_size)
     if cache is not None:
-        cache.store(st, digest)
+        cache.store(st, digest, kind)
     return digest
+
+
+def hash_file(path: Path | str, cache: StatCache | None = None) -> str:
+    """BLAKE3 hex digest of a file's bytes, answered from the stat cache when it can be trusted."""
+    return cached_digest(path, cache, "raw", _hash_file_uncached)
 
 
 @dataclass(frozen=True)
