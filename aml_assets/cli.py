@@ -1,4 +1,5 @@
-"""The ``aml-assets`` command: explain reuse decisions, list and manage registered datasets."""
+"""The ``aml-assets`` command: explain reuse decisions, manage registered datasets, verify stored
+data, collect garbage."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aml_assets.data.workspace import workspace_datastore
 from aml_assets.errors import AmlAssetsError
 from aml_assets.reuse.gc import collect_garbage
 from aml_assets.reuse.ledger import StepLedger
+from aml_assets.reuse.verify import verify_store
 
 
 def _datastore(args: argparse.Namespace) -> Datastore:
@@ -27,64 +29,156 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_explain(args: argparse.Namespace, out) -> int:
-    ledger = StepLedger(_datastore(args), args.step)
+    store = _datastore(args)
+    print(f"Datastore '{store.name}': {store.uri()}", file=out)
+    ledger = StepLedger(store, args.step)
     if args.list:
-        for r in ledger.run_records():
-            state = f"reused {r['reused_from_run']}" if r["reused"] else "ran"
-            print(f"{r['run_id']}  {_when(r.get('created'))}  {r['fingerprint'][:12]}  {state}", file=out)
+        records = ledger.run_records()
+        if not records:
+            raise AmlAssetsError(ledger._no_runs_message())
+        for r in records:
+            print(f"{r.run_id}  {_when(r.created)}  {r.fingerprint[:12]}  {_state(r)}", file=out)
         return 0
     current, other, reasons = ledger.explain(args.run, args.against)
-    head = f"Step '{args.step}', run {current['run_id']}"
-    if current["reused"]:
-        print(f"{head} reused outputs of run {current['reused_from_run']}.", file=out)
+    head = f"Step '{args.step}', run {current.run_id}"
+    if current.reused:
+        print(f"{head} reused outputs of run {current.reused_from_run}.", file=out)
+    elif current.status == "failed":
+        print(f"{head} tried to run because: {'; '.join(current.reasons)}; it failed: {current.error}", file=out)
+    elif current.status == "started":
+        print(
+            f"{head} started because: {'; '.join(current.reasons)}; it never finished (still "
+            "running, or its process was killed).",
+            file=out,
+        )
     else:
-        print(f"{head} ran because: {'; '.join(current['reasons'])}.", file=out)
+        print(f"{head} ran because: {'; '.join(current.reasons)}.", file=out)
+    for note in current.notes:
+        print(f"Note: {note}", file=out)
     if other is None:
         print("No earlier run to compare with.", file=out)
     elif not reasons:
-        print(f"Same fingerprint as run {other['run_id']} ({current['fingerprint'][:12]}): nothing changed.", file=out)
+        print(
+            f"Same fingerprint as run {other.run_id} ({_state(other)}; {current.fingerprint[:12]}): "
+            "nothing changed.",
+            file=out,
+        )
     else:
-        print(f"Compared with run {other['run_id']}, what changed:", file=out)
+        print(f"Compared with run {other.run_id} ({_state(other)}), what changed:", file=out)
         for reason in reasons:
             print(f"  - {reason}", file=out)
     return 0
 
 
+def _state(record) -> str:
+    if record.status == "reused":
+        return f"reused {record.reused_from_run}"
+    if record.status == "started":
+        return "started, never finished"
+    return record.status
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """1, 2, 3, 5 -> '1..3, 5'."""
+    parts: list[str] = []
+    start = prev = None
+    for n in [*numbers, None]:
+        if prev is not None and n == prev + 1:
+            prev = n
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}..{prev}")
+        start = prev = n
+    return ", ".join(parts)
+
+
+def _warn_malformed(registry: DatasetRegistry) -> None:
+    for record in registry.malformed:
+        print(
+            f"warning: skipped {record}; delete that version with 'aml-assets datasets delete "
+            "<name> <version> --force' if it cannot be repaired",
+            file=sys.stderr,
+        )
+
+
 def cmd_datasets(args: argparse.Namespace, out) -> int:
     registry = DatasetRegistry(_datastore(args))
-    if args.action == "list":
-        names = registry.list_datasets()
-        if not names:
-            print("No registered datasets.", file=out)
-        for name in names:
-            versions = registry.versions(name)
-            latest = registry.get(name)
-            rows = (latest.record["ref"].get("producer") or {}).get("stats") or {}
+    try:
+        if args.action == "list":
+            names = registry.list_datasets()
+            if not names:
+                print("No registered datasets.", file=out)
+            for name in names:
+                versions = registry.versions(name)
+                latest = registry.get(name)
+                rows = (latest.record["ref"].get("producer") or {}).get("stats") or {}
+                print(
+                    f"{name}  versions {_ranges(versions)}  latest v{latest.version}  "
+                    f"{rows.get('row_count', '-')} rows  {latest.uri}",
+                    file=out,
+                )
+        elif args.action == "show":
+            ds = registry.get(args.name, args.version)
+            print(json.dumps({k: v for k, v in ds.record.items()}, indent=1, default=str), file=out)
+        elif args.action == "delete":
+            registry.delete_version(args.name, args.version, force=args.force)
             print(
-                f"{name}  versions {versions[0]}..{versions[-1]}  latest v{latest.version}  "
-                f"{rows.get('row_count', '-')} rows  {latest.uri}",
+                f"Deleted dataset '{args.name}' version {args.version}; the number "
+                f"{args.version} is never given out again.",
                 file=out,
             )
-    elif args.action == "show":
-        ds = registry.get(args.name, args.version)
-        print(json.dumps({k: v for k, v in ds.record.items()}, indent=1, default=str), file=out)
-    elif args.action == "delete":
-        registry.delete_version(args.name, args.version, force=args.force)
-        print(f"Deleted dataset '{args.name}' version {args.version}.", file=out)
+    finally:
+        _warn_malformed(registry)
     return 0
 
 
 def cmd_gc(args: argparse.Namespace, out) -> int:
-    report = collect_garbage(_datastore(args), args.older_than_hours * 3600, dry_run=args.dry_run)
-    verb = "Would remove" if args.dry_run else "Removed"
-    for rel in report.removed:
-        print(f"{verb} {rel}", file=out)
-    print(
-        f"{verb} {len(report.removed)} leftover(s); kept {report.kept_young} younger than "
-        f"{args.older_than_hours:g} h.",
-        file=out,
+    if args.keep_runs is not None and args.keep_runs < 1:
+        raise AmlAssetsError("--keep-runs must be at least 1: the newest run record is always kept.")
+    report = collect_garbage(
+        _datastore(args), args.older_than_hours * 3600, dry_run=args.dry_run, keep_runs=args.keep_runs
     )
+    verb = "Would remove" if args.dry_run else "Removed"
+    for path in [*report.removed, *report.removed_local]:
+        print(f"{verb} {path} ({report.kinds.get(path, 'unused item')})", file=out)
+    young = f"kept {report.kept_young + report.kept_young_local} younger than {args.older_than_hours:g} h"
+    if report.count():
+        print(f"{verb} {report.summary()}; {young}.", file=out)
+    else:
+        print(f"Nothing to remove; {young}.", file=out)
+    for note in report.skipped:
+        print(f"Skipped {note}.", file=out)
+    if args.keep_runs is not None:
+        pruned = "Would prune" if args.dry_run else "Pruned"
+        print(
+            f"{pruned} {len(report.pruned_runs)} old run record(s), keeping the newest "
+            f"{args.keep_runs} of each step.",
+            file=out,
+        )
     return 0
+
+
+def cmd_verify(args: argparse.Namespace, out) -> int:
+    store = _datastore(args)
+    print(f"Datastore '{store.name}': {store.uri()}", file=out)
+    report = verify_store(store, dataset=args.dataset)
+    for problem in report.problems:
+        label = "MISSING" if problem.missing else "CORRUPT"
+        print(f"{label} {store.uri(problem.path)}", file=out)
+        for why in problem.why:
+            print(f"  - {why}", file=out)
+        if problem.used_by:
+            print(f"  used by: {'; '.join(problem.used_by)}", file=out)
+    for record in report.unreadable:
+        print(f"UNREADABLE {record}", file=out)
+    print(report.summary(), file=out)
+    if not report.ok:
+        print(
+            "Corrupt or missing data is never reused or registered again: the next run recomputes "
+            "the affected steps (or run them with regenerate_outputs=True).",
+            file=out,
+        )
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="remove what killed or crashed steps left behind")
     gc.add_argument("--older-than-hours", type=float, default=24.0, help="grace period (default 24)")
     gc.add_argument("--dry-run", action="store_true", help="list, do not delete")
+    gc.add_argument(
+        "--keep-runs",
+        type=int,
+        metavar="N",
+        help="also prune each step's run records to the newest N (default: keep all)",
+    )
     gc.set_defaults(func=cmd_gc)
+
+    ve = sub.add_parser(
+        "verify",
+        help="re-check every committed step output and registered version against its record",
+    )
+    ve.add_argument("--dataset", metavar="NAME", help="check only this dataset's registered versions")
+    ve.set_defaults(func=cmd_verify)
     return parser
 
 

@@ -38,3 +38,15 @@ class ComputeTargetError(AmlAssetsError):
 
 class StepFailedError(AmlAssetsError):
     """A step's script failed; carries the tail of its stderr."""
+
+
+class LedgerRecordError(AmlAssetsError):
+    """A record of the reuse ledger (a commit or a run record) cannot be read."""
+
+
+class CorruptOutputError(AmlAssetsError):
+    """Published data no longer matches the record made when it was published."""
+
+
+class StepTimeoutError(StepFailedError):
+    """A step ran longer than its timeout and was stopped; nothing was published."""

@@ -33,6 +33,8 @@ class DatasetHandle:
     separator: str = ","
     dataset: str | None = None
     version: int | None = None
+    #: How the dataset is declared to be read: header, encoding, column_types, options.
+    reader: dict[str, Any] = field(default_factory=dict)
 
     def _tabular_files(self) -> list[Path]:
         root = Path(self.path)
@@ -57,22 +59,69 @@ class DatasetHandle:
         if self.format == "parquet":
             frames = [pd.read_parquet(f) for f in files]
         else:
-            frames = [pd.read_csv(f, sep=self.separator) for f in files]
-        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+            header = self.reader.get("header", True)
+            frames = [
+                pd.read_csv(
+                    f,
+                    sep=self.separator,
+                    header=0 if header else None,
+                    encoding=self.reader.get("encoding", "utf-8"),
+                )
+                for f in files
+            ]
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if not self.reader.get("header", True):
+            frame.columns = [f"f{i}" for i in range(len(frame.columns))]  # as Arrow names them
+        types = self.reader.get("column_types") or {}
+        self._check_columns(types, list(frame.columns))
+        return frame.astype({k: _pandas_type(v) for k, v in types.items()}) if types else frame
+
+    def _check_columns(self, types: Mapping[str, str], columns: list[str]) -> None:
+        missing = [name for name in types if name not in columns]
+        if missing:
+            raise KeyError(
+                f"Input '{self.name}' (dataset '{self.dataset}'): column_types names column(s) "
+                f"{', '.join(missing)}, which the data does not have (columns: "
+                f"{', '.join(map(str, columns))}). Fix column_types (or separator/header) on the "
+                "dataset's declaration."
+            )
 
     def to_spark_dataframe(self, spark=None):
         """Load the dataset as a Spark DataFrame on the active (or given) SparkSession."""
         from pyspark.sql import SparkSession
 
         spark = spark or SparkSession.builder.getOrCreate()
+        reader = spark.read
+        for key, value in (self.reader.get("options") or {}).items():
+            reader = reader.option(key, value)
         if self.format == "parquet":
-            return spark.read.parquet(self.path)
-        return (
-            spark.read.option("header", "true")
+            return reader.parquet(self.path)
+        df = (
+            reader.option("header", str(bool(self.reader.get("header", True))).lower())
             .option("inferSchema", "true")
             .option("sep", self.separator)
+            .option("encoding", self.reader.get("encoding", "utf-8"))
             .csv(self.path)
         )
+        if not self.reader.get("header", True):
+            df = df.toDF(*[f"f{i}" for i in range(len(df.columns))])  # as Arrow names them
+        self._check_columns(self.reader.get("column_types") or {}, list(df.columns))
+        for name, kind in (self.reader.get("column_types") or {}).items():
+            df = df.withColumn(name, df[name].cast(_spark_type(kind)))
+        return df
+
+
+def _pandas_type(arrow_type: str) -> str:
+    """A pandas dtype for an Arrow type alias used in ``column_types``."""
+    return {"string": "string", "utf8": "string", "bool": "boolean"}.get(arrow_type, arrow_type)
+
+
+def _spark_type(arrow_type: str) -> str:
+    """A Spark SQL type for an Arrow type alias used in ``column_types``."""
+    mapping = {"int8": "tinyint", "int16": "smallint", "int32": "int", "int64": "bigint",
+               "float32": "float", "float": "float", "float64": "double", "double": "double",
+               "string": "string", "utf8": "string", "bool": "boolean", "date32": "date"}
+    return mapping.get(arrow_type, "timestamp" if arrow_type.startswith("timestamp") else arrow_type)
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -16,8 +18,6 @@ from aml_assets import DatasetRegistry, LocalDatastore
 REPO = Path(__file__).resolve().parent.parent
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
-
 
 def _cli_env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "dagster_home"
@@ -26,6 +26,8 @@ def _cli_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "DAGSTER_HOME": str(home)}
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_dagster_job_execute_runs_the_reference_pipeline(tmp_path, datastore):
     env = _cli_env(tmp_path)
     out = subprocess.run(
@@ -45,6 +47,8 @@ def test_dagster_job_execute_runs_the_reference_pipeline(tmp_path, datastore):
     assert model.metadata["reused"].value is False
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_failing_blocking_check_fails_the_cli_run(tmp_path, datastore):
     # Seed a truncated passenger list: dataprep succeeds, the row-count check (891) must fail.
     lines = (REPO / "data" / "titanic.csv").read_text().splitlines()
@@ -66,3 +70,53 @@ def test_failing_blocking_check_fails_the_cli_run(tmp_path, datastore):
     assert instance.get_latest_materialization_event(AssetKey("titanic_prepared")) is None
     # Data that fails a blocking check is never registered as a dataset version.
     assert DatasetRegistry(LocalDatastore()).versions("titanic_prepared") == []
+
+
+# --- aml-assets datasets / verify / gc ---------------------------------------------------------------
+def _aml(root, *args: str) -> tuple[int, str]:
+    from aml_assets.cli import main
+
+    out = io.StringIO()
+    code = main(["--root", str(root), *args], out=out)
+    return code, out.getvalue()
+
+
+def test_datasets_list_skips_malformed_records_with_a_warning(datastore, tmp_path, capsys):
+    from aml_assets.data import layout
+    from tests.test_registry_integrity import A, B, publish
+
+    registry = DatasetRegistry(datastore)
+    registry.register(publish(datastore, tmp_path, "p/1/tbl", A))
+    registry.register(publish(datastore, tmp_path, "p/2/tbl", B))
+    datastore._write_record(layout.version_record("tbl", 3), b"{oops")
+    datastore._write_record(layout.version_record("other", 1), b'{"name": "other"}')
+    capsys.readouterr()
+    code, out = _aml(datastore.root_dir(), "datasets", "list")
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "tbl  versions 1..2  latest v2  - rows  file://" in out
+    assert "other" not in out
+    assert "warning: skipped datasets/tbl/versions/000003.json is malformed (not valid JSON" in err
+    assert "warning: skipped datasets/other/versions/000001.json is malformed (it has no 'ref'" in err
+    assert err.count("000003.json") == 1  # each malformed record named once
+
+    # Forced delete of the latest, then a new registration: a new number, never the old one.
+    code, out = _aml(datastore.root_dir(), "datasets", "delete", "tbl", "2")
+    assert code == 2 and "Pass force=True (CLI: --force)" in capsys.readouterr().err
+    code, out = _aml(datastore.root_dir(), "datasets", "delete", "tbl", "2", "--force")
+    assert code == 0 and "the number 2 is never given out again" in out
+    code, out = _aml(datastore.root_dir(), "datasets", "show", "tbl", "--version", "2")
+    assert code == 2 and "version 2 was deleted on" in capsys.readouterr().err
+    assert registry.register(publish(datastore, tmp_path, "p/3/tbl", B)) == (4, True)
+    code, out = _aml(datastore.root_dir(), "datasets", "list")
+    assert "tbl  versions 1, 4  latest v4" in out
+    code, out = _aml(datastore.root_dir(), "datasets", "show", "tbl")
+    assert json.loads(out)["version"] == 4
+
+
+def test_verify_and_gc_on_an_empty_datastore(datastore):
+    code, out = _aml(datastore.root_dir(), "verify")
+    assert code == 0
+    assert "Checked 0 step output(s) of 0 commit(s) and 0 registered version(s): 0 corrupt" in out
+    code, out = _aml(datastore.root_dir(), "gc", "--dry-run")
+    assert code == 0 and "Nothing to remove" in out

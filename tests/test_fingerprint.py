@@ -16,7 +16,8 @@ from aml_assets.data.content import (
     hash_file,
     manifest_digest,
 )
-from aml_assets.reuse.fingerprint import StepFingerprint, code_manifest, explain_difference
+from aml_assets.reuse.code import step_code
+from aml_assets.reuse.fingerprint import StepFingerprint, explain_difference
 
 
 def test_canonical_encoding_is_unambiguous_and_order_free():
@@ -66,26 +67,17 @@ def test_racily_clean_entries_are_rehashed(tmp_path):
     assert RACY_WINDOW_NS >= 1_000_000_000
 
 
-def test_code_manifest_respects_amlignore_then_gitignore(tmp_path):
-    (tmp_path / "a.py").write_text("x")
+def test_step_code_respects_amlignore_then_gitignore(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "notes.tmp").write_text("y")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "big.csv").write_text("z")
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "__pycache__" / "a.cpython-311.pyc").write_text("c")
     (tmp_path / ".gitignore").write_text("*.tmp\n")
-    assert set(code_manifest(tmp_path)) == {".gitignore", "a.py", "data/big.csv"}
+    assert set(step_code("a.py", tmp_path).files) == {".gitignore", "a.py", "data/big.csv"}
     (tmp_path / ".amlignore").write_text("data/\n")
-    assert set(code_manifest(tmp_path)) == {".amlignore", ".gitignore", "a.py", "notes.tmp"}
-
-
-def test_sibling_scripts_are_left_out_unless_imported(tmp_path):
-    (tmp_path / "prep.py").write_text("import helpers\n")
-    (tmp_path / "train.py").write_text("print(1)\n")
-    (tmp_path / "helpers.py").write_text("X = 1\n")
-    assert set(code_manifest(tmp_path, sibling_scripts={"train.py"})) == {"prep.py", "helpers.py"}
-    (tmp_path / "prep.py").write_text("from train import something\n")
-    assert "train.py" in code_manifest(tmp_path, sibling_scripts={"train.py"})
+    assert set(step_code("a.py", tmp_path).files) == {".amlignore", ".gitignore", "a.py", "notes.tmp"}
 
 
 def test_data_manifest_ignores_writer_bookkeeping_and_part_uuids(tmp_path):

@@ -124,7 +124,7 @@ def test_two_concurrent_runs_of_one_fingerprint_are_safe(tmp_path, datastore):
     assert DatasetRegistry(datastore).versions("copied") == [1]
     records = StepLedger(datastore, "copy").run_records()
     assert len(records) == 2
-    assert len({r["fingerprint"] for r in records}) == 1
+    assert len({r.fingerprint for r in records}) == 1
     assert list(datastore.local_path("_tmp").iterdir()) == []
 
 

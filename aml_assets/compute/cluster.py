@@ -20,6 +20,12 @@ class CpuCluster(ConfigurableResource, ABC):
     max_concurrent_steps: int = Field(
         default=2, ge=1, description="How many steps may run on this target at once."
     )
+    default_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A step running longer than this (unless it sets timeout_seconds) is stopped "
+        "and publishes nothing.",
+    )
 
     @abstractmethod
     def start(

@@ -271,7 +271,7 @@ class AzureBlobDatastore(Datastore):
         return {"connection_string": self._connection_string()}
 
     # --- primitives ------------------------------------------------------------------------
-    def create_exclusive(self, rel: str, data: bytes) -> bool:
+    def _create_exclusive(self, rel: str, data: bytes) -> bool:
         full = self.path(rel)
         with self._guard("create", rel):
             try:
@@ -318,7 +318,8 @@ class AzureBlobDatastore(Datastore):
         with self._guard("read", rel):
             return super().read_bytes(rel)
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
+    def _put(self, rel: str, data: bytes) -> None:
+        # One Put Blob: atomic on blob storage (readers see the old blob or the new one).
         full = self.path(rel)
         with self._guard("write", rel):
             self.filesystem().pipe_file(full, data)  # no folders to create on blob storage
@@ -327,7 +328,7 @@ class AzureBlobDatastore(Datastore):
         with self._guard("list", rel):
             return super().list_dir(rel)
 
-    def delete(self, rel: str) -> None:
+    def _remove(self, rel: str) -> None:
         full = self.path(rel)
         with self._guard("delete", rel):
             try:

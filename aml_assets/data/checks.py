@@ -184,9 +184,15 @@ class SchemaDrift(DatasetCheck):
 def _load_table(ref: DatasetRef, store: Datastore):
     local = store.local_path(ref.path)
     if local is not None:
-        return read_arrow_table(local, ref.format, ref.separator, ref.name)
+        return read_arrow_table(local, ref.format, ref.separator, ref.name, ref.reader)
     with tempfile.TemporaryDirectory(prefix=f"aml-check-{ref.name}-") as tmp:
-        return read_arrow_table(store.download(ref.path, Path(tmp)), ref.format, ref.separator, ref.name)
+        copy = store.download(ref.path, Path(tmp))
+        return read_arrow_table(copy, ref.format, ref.separator, ref.name, ref.reader)
+
+
+def needs_history(checks: Sequence[DatasetCheck]) -> bool:
+    """Whether any check compares with the previous registered version (so it must be looked up)."""
+    return any(isinstance(c, SchemaDrift) for c in checks)
 
 
 def check_specs(dataset: str, checks: Sequence[DatasetCheck]) -> list[AssetCheckSpec]:
@@ -200,22 +206,24 @@ def check_specs(dataset: str, checks: Sequence[DatasetCheck]) -> list[AssetCheck
 
 
 def run_checks(
-    dataset: str, checks: Sequence[DatasetCheck], ref: DatasetRef, store: Datastore, registry_store: Datastore
+    dataset: str,
+    checks: Sequence[DatasetCheck],
+    ref: DatasetRef,
+    store: Datastore,
+    previous_columns: list[list[str]] | None = None,
 ) -> tuple[list[AssetCheckResult], list[str]]:
     """Evaluate a dataset's checks over one read of its table.
 
     Checks run inside the step that produced the dataset, before it is registered: one Dagster
     step fewer per dataset (tens of milliseconds of event-log writes each), and a dataset that
-    fails a blocking check is never registered. Returns (results, descriptions of blocking
-    failures).
+    fails a blocking check is never registered. ``previous_columns`` is the schema of the previous
+    registered version, for ``SchemaDrift`` (the caller looks it up: checks know no registry).
+    Returns (results, descriptions of blocking failures).
     """
     table = _load_table(ref, store)
     results, failures = [], []
-    previous = None
-    if any(isinstance(c, SchemaDrift) for c in checks):
-        previous = _previous_columns(registry_store, dataset, ref.content_hash)
     for check in checks:
-        passed, text, metadata = check.evaluate(table, CheckContext(previous_columns=previous))
+        passed, text, metadata = check.evaluate(table, CheckContext(previous_columns=previous_columns))
         results.append(
             AssetCheckResult(
                 asset_key=AssetKey(dataset),
@@ -229,15 +237,3 @@ def run_checks(
         if not passed and check.blocking:
             failures.append(f"{check.check_name}: {text}")
     return results, failures
-
-
-def _previous_columns(store: Datastore, dataset: str, content_hash: str) -> list[list[str]] | None:
-    """Column (name, type) pairs of the newest registered version with other content, if any."""
-    from aml_assets.data.registry import DatasetRegistry
-
-    registry = DatasetRegistry(store)
-    for version in reversed(registry.versions(dataset)):
-        ref = registry.get(dataset, version).record["ref"]
-        if ref["content_hash"] != content_hash:
-            return ((ref.get("producer") or {}).get("stats") or {}).get("columns")
-    return None

@@ -57,6 +57,15 @@ class DatasetDef:
         """Use this dataset as a step input delivered in ``mode`` (default: download)."""
         return DatasetInput(self, name or self.name, InputMode(mode))
 
+    def definition(self) -> dict[str, Any]:
+        """Everything in this declaration that shapes what a reading step receives.
+
+        Part of the fingerprint of every step that reads the dataset: change how it is read
+        (a separator, an encoding, a column type, the path) and those steps rerun, even when the
+        bytes on the datastore did not change.
+        """
+        return {"kind": type(self).__name__}
+
     def as_download(self, name: str | None = None) -> DatasetInput:
         """Deliver as a private local copy."""
         return self.as_input(name, InputMode.DOWNLOAD)
@@ -82,11 +91,46 @@ class SourceDataset(DatasetDef):
     datastore: str = "workspace"
     format: OutputFormat = "files"
     separator: str = ","
+    #: Whether the first row of a delimited file names the columns.
+    header: bool = True
+    #: Text encoding of delimited files.
+    encoding: str = "utf-8"
+    #: Column name -> type ("int64", "double", "string", "bool", "timestamp[s]", ...) to read as.
+    column_types: dict[str, str] = field(default_factory=dict)
+    #: Further reader options, passed to Spark's reader as ``.option(k, v)`` (e.g. quote, escape,
+    #: multiLine, recursiveFileLookup, basePath for partitioned folders).
+    options: dict[str, str] = field(default_factory=dict)
     seed: Path | None = None
+
+    def __post_init__(self) -> None:
+        # Resolved where the dataset is declared, never against a later working directory.
+        if self.seed is not None:
+            self.seed = Path(self.seed).expanduser().resolve()
 
     @classmethod
     def _declare(cls, name: str, path: str, fmt: OutputFormat, seed: Path | str | None, **kw: Any):
         return cls(name=name, path=path, format=fmt, seed=Path(seed) if seed else None, **kw)
+
+    def reader(self) -> dict[str, Any]:
+        """How the data is read (what ``DatasetRef.reader`` carries to steps and checks)."""
+        if self.format != "csv":
+            return {"options": dict(self.options)} if self.options else {}
+        return {
+            "header": self.header,
+            "encoding": self.encoding,
+            "column_types": dict(self.column_types),
+            "options": dict(self.options),
+        }
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            **super().definition(),
+            "datastore": self.datastore,
+            "path": self.path,
+            "format": self.format,
+            "separator": self.separator if self.format == "csv" else None,
+            **self.reader(),
+        }
 
 
 @dataclass(eq=False)
@@ -101,13 +145,22 @@ class TabularDataset(SourceDataset):
         *,
         datastore: str = "workspace",
         separator: str = ",",
+        header: bool = True,
+        encoding: str = "utf-8",
+        column_types: dict[str, str] | None = None,
+        options: dict[str, str] | None = None,
         seed: Path | str | None = None,
         description: str | None = None,
         checks: list[DatasetCheck] | None = None,
     ) -> TabularDataset:
-        """Declare CSV (or other delimited) files; ``seed`` uploads a local copy if it is absent."""
+        """Declare CSV (or other delimited) files; ``seed`` uploads a local copy if it is absent.
+
+        ``header``, ``encoding``, ``column_types`` and ``options`` say how to read them; they are
+        part of the fingerprint of every step that reads the dataset.
+        """
         return cls._declare(
-            name, path, "csv", seed, datastore=datastore, separator=separator,
+            name, path, "csv", seed, datastore=datastore, separator=separator, header=header,
+            encoding=encoding, column_types=dict(column_types or {}), options=dict(options or {}),
             description=description, checks=list(checks or []),
         )
 
@@ -118,14 +171,15 @@ class TabularDataset(SourceDataset):
         path: str,
         *,
         datastore: str = "workspace",
+        options: dict[str, str] | None = None,
         seed: Path | str | None = None,
         description: str | None = None,
         checks: list[DatasetCheck] | None = None,
     ) -> TabularDataset:
         """Declare Parquet files (a file or a folder of part files)."""
         return cls._declare(
-            name, path, "parquet", seed, datastore=datastore, description=description,
-            checks=list(checks or []),
+            name, path, "parquet", seed, datastore=datastore, options=dict(options or {}),
+            description=description, checks=list(checks or []),
         )
 
 
@@ -179,6 +233,13 @@ class OutputDataset(DatasetDef):
         """Use this output as another step's input (the edge the DAG follows)."""
         return DatasetInput(self, name or self.name, InputMode(mode))
 
+    def definition(self) -> dict[str, Any]:
+        return {
+            **super().definition(),
+            "format": self.format,
+            "separator": self.separator if self.format == "csv" else None,
+        }
+
 
 class DatasetRef(BaseModel):
     """Run-time reference to immutable dataset content on a datastore (what steps pass on)."""
@@ -195,6 +256,10 @@ class DatasetRef(BaseModel):
     version: int | None = None
     producer: dict[str, Any] | None = None
     input_versions: dict[str, Any] = {}
+    #: How to read the data (header, encoding, column_types, options), from its declaration.
+    reader: dict[str, Any] = {}
+    #: Integrity record of a published output: [{file, size, raw, stored}], checked before reuse.
+    files: list[dict[str, Any]] = []
 
     @property
     def is_tabular(self) -> bool:
@@ -222,7 +287,25 @@ def tabular_files(root: Path, fmt: str) -> list[Path]:
     return files
 
 
-def read_arrow_table(local_path: Path, fmt: str, separator: str = ",", dataset: str = "?"):
+def _csv_options(separator: str, reader: dict[str, Any] | None):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    reader = reader or {}
+    column_types = {k: pa.type_for_alias(v) for k, v in (reader.get("column_types") or {}).items()}
+    return (
+        pacsv.ReadOptions(
+            encoding=reader.get("encoding", "utf-8"),
+            autogenerate_column_names=not reader.get("header", True),
+        ),
+        pacsv.ParseOptions(delimiter=separator),
+        pacsv.ConvertOptions(column_types=column_types),
+    )
+
+
+def read_arrow_table(
+    local_path: Path, fmt: str, separator: str = ",", dataset: str = "?", reader: dict[str, Any] | None = None
+):
     """Read a local tabular dataset into a pyarrow Table, with errors naming dataset and file."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -239,7 +322,10 @@ def read_arrow_table(local_path: Path, fmt: str, separator: str = ",", dataset: 
                         f"Dataset '{dataset}': file '{f}' is empty. A delimited file needs at least "
                         "a header row; check the upload."
                     )
-                table = pacsv.read_csv(f, parse_options=pacsv.ParseOptions(delimiter=separator))
+                read_opts, parse_opts, convert_opts = _csv_options(separator, reader)
+                table = pacsv.read_csv(
+                    f, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts
+                )
                 # Arrow falls back to binary for text that is not valid UTF-8: say so plainly.
                 binary = [fld.name for fld in table.schema if pa.types.is_binary(fld.type)]
                 if binary:
@@ -258,16 +344,21 @@ def read_arrow_table(local_path: Path, fmt: str, separator: str = ",", dataset: 
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
 
-def read_pandas(local_path: Path, fmt: str, separator: str = ",", dataset: str = "?"):
+def read_pandas(
+    local_path: Path, fmt: str, separator: str = ",", dataset: str = "?", reader: dict[str, Any] | None = None
+):
     """Read a local tabular dataset as a pandas DataFrame."""
-    return read_arrow_table(local_path, fmt, separator, dataset).to_pandas()
+    return read_arrow_table(local_path, fmt, separator, dataset, reader).to_pandas()
 
 
-def tabular_stats(local_path: Path, fmt: str, separator: str = ",", dataset: str = "?") -> dict[str, Any]:
+def tabular_stats(
+    local_path: Path, fmt: str, separator: str = ",", dataset: str = "?", reader: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Row count, column types and a 5-row preview of a local tabular dataset.
 
     Parquet answers row count and schema from file footers, so a large output costs little.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if fmt == "parquet":
@@ -275,14 +366,22 @@ def tabular_stats(local_path: Path, fmt: str, separator: str = ",", dataset: str
         rows = 0
         schema = None
         for f in files:
-            meta = pq.ParquetFile(f)
+            try:
+                meta = pq.ParquetFile(f)
+            except (pa.ArrowInvalid, OSError) as exc:
+                size = f.stat().st_size
+                what = "is empty (0 bytes)" if size == 0 else f"is not a readable Parquet file ({exc})"
+                raise DatasetError(
+                    f"Dataset '{dataset}': file '{f}' {what}. Re-upload the file or have the "
+                    "step write valid Parquet, then run again."
+                ) from exc
             rows += meta.metadata.num_rows
             schema = schema or meta.schema_arrow
         first = pq.ParquetFile(files[0])
         preview = next(first.iter_batches(batch_size=5), None)
         preview_df = preview.to_pandas() if preview is not None else schema.empty_table().to_pandas()
     else:
-        table = read_arrow_table(Path(local_path), fmt, separator, dataset)
+        table = read_arrow_table(Path(local_path), fmt, separator, dataset, reader)
         rows, schema = table.num_rows, table.schema
         preview_df = table.slice(0, 5).to_pandas()
     return {

@@ -25,6 +25,7 @@ import platformdirs
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from aml_assets.data import layout
 from aml_assets.data.content import ManifestEntry, StatCache, data_manifest
 from aml_assets.errors import DatastoreError
 
@@ -86,8 +87,12 @@ class Datastore(ConfigurableResource, ABC):
         """A URI for a path (``file:///...`` or ``abfs://container/...``), safe to show."""
 
     @abstractmethod
-    def create_exclusive(self, rel: str, data: bytes) -> bool:
+    def _create_exclusive(self, rel: str, data: bytes) -> bool:
         """Atomically create a small file; False (and no change) if it already exists."""
+
+    @abstractmethod
+    def _put(self, rel: str, data: bytes) -> None:
+        """Atomically create or replace a small file: a reader sees the old or the new bytes."""
 
     @abstractmethod
     def publish_dir(self, local_dir: Path, rel: str) -> None:
@@ -158,12 +163,35 @@ class Datastore(ConfigurableResource, ABC):
                 f"Datastore '{self.name}': no file at '{rel}' ({self.uri(rel)})."
             ) from exc
 
+    def _refuse_protected(self, rel: str, action: str) -> None:
+        if layout.is_protected(check_relative_path(self.name, rel)):
+            raise DatastoreError(
+                f"Datastore '{self.name}': cannot {action} '{rel}': it holds records aml-assets "
+                "manages (published step outputs, the reuse ledger, registered dataset versions), "
+                "which are never rewritten or removed by hand. Delete a version with "
+                "DatasetRegistry.delete_version(..., force=True) (CLI: aml-assets datasets delete "
+                "--force); remove unused step outputs with 'aml-assets gc'."
+            )
+
     def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write (or replace) a small file. Not for published data: use create_exclusive."""
-        fs = self.filesystem()
-        full = self.path(rel)
-        fs.makedirs(str(PurePosixPath(full).parent), exist_ok=True)
-        fs.pipe_file(full, data)
+        """Write (or replace) a small file atomically. Refused for aml-assets' own records."""
+        self._refuse_protected(rel, "write")
+        self._put(rel, data)
+
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Atomically create a small file; False (and no change) if it already exists."""
+        self._refuse_protected(rel, "create")
+        return self._create_exclusive(rel, data)
+
+    # Records aml-assets itself writes (ledger, registry): the same primitives, unguarded.
+    def _write_record(self, rel: str, data: bytes) -> None:
+        self._put(rel, data)
+
+    def _create_record(self, rel: str, data: bytes) -> bool:
+        return self._create_exclusive(rel, data)
+
+    def _delete_record(self, rel: str) -> None:
+        self._remove(rel)
 
     def list_dir(self, rel: str) -> list[str]:
         """Names directly below ``rel`` (empty if it does not exist)."""
@@ -175,7 +203,11 @@ class Datastore(ConfigurableResource, ABC):
         return sorted(PurePosixPath(p).name for p in fs.ls(full, detail=False))
 
     def delete(self, rel: str) -> None:
-        """Delete a file or directory tree."""
+        """Delete a file or directory tree. Refused for aml-assets' own records."""
+        self._refuse_protected(rel, "delete")
+        self._remove(rel)
+
+    def _remove(self, rel: str) -> None:
         fs = self.filesystem()
         full = self.path(rel)
         if fs.exists(full):
@@ -192,6 +224,7 @@ class Datastore(ConfigurableResource, ABC):
             if not f.is_file():
                 raise DatastoreError(f"Cannot upload '{f}' to datastore '{self.name}': no such file.")
             rel = f"{check_relative_path(self.name, target_path)}/{f.name}"
+            self._refuse_protected(rel, "upload to")
             if not overwrite and self.exists(rel):
                 raise DatastoreError(
                     f"Datastore '{self.name}' already has '{rel}'. Pass overwrite=True to replace it."
@@ -299,7 +332,27 @@ class LocalDatastore(Datastore):
             shutil.copytree(source, target, copy_function=shutil.copyfile, dirs_exist_ok=True)
         return target
 
-    def create_exclusive(self, rel: str, data: bytes) -> bool:
+    def _put(self, rel: str, data: bytes) -> None:
+        # Temp file + rename: a crash or a full disk leaves the old file or the new one, never
+        # a truncated one (an emptied record once broke every later run).
+        target = self.local_path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _remove(self, rel: str) -> None:
+        target = self.local_path(rel)
+        if target.is_dir() and not target.is_symlink():
+            make_writable(target)  # published outputs are read-only
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+    def _create_exclusive(self, rel: str, data: bytes) -> bool:
         target = self.local_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
@@ -316,6 +369,9 @@ class LocalDatastore(Datastore):
     def publish_dir(self, local_dir: Path, rel: str) -> None:
         target = self.local_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
+        # Files become read-only before they are visible; folders after the rename (moving a
+        # folder to a new parent needs write permission on it, to update its '..').
+        make_read_only(local_dir, folders=False)
         try:
             os.rename(local_dir, target)
         except OSError:
@@ -328,4 +384,31 @@ class LocalDatastore(Datastore):
             staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.staging"
             shutil.copytree(local_dir, staging)
             os.rename(staging, target)
+            make_writable(local_dir)
             shutil.rmtree(local_dir, ignore_errors=True)
+        make_read_only(target)
+
+
+def make_read_only(root: Path, folders: bool = True) -> None:
+    """Drop write permission on a published tree (files 0444, folders 0555), as Nix's store does.
+
+    This stops any non-root writer; for root, steps receive inputs through a read-only view (see
+    ``aml_assets.compute.isolation``), and every reuse re-verifies content against its record.
+    """
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o444)
+    if not folders:
+        return
+    for dirpath, dirnames, _ in os.walk(root, topdown=False):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o555)
+    os.chmod(root, 0o555)
+
+
+def make_writable(root: Path) -> None:
+    """Give the owner write permission on a tree again (before deleting it)."""
+    os.chmod(root, 0o755)
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in dirnames:
+            os.chmod(os.path.join(dirpath, name), 0o755)

@@ -1,10 +1,30 @@
 """The datastore IO manager: hands dataset references between assets and registers versions.
 
 Step outputs are already published by the step itself (atomically, content-addressed); what
-this IO manager stores is the small ``DatasetRef`` that says where, per run, so concurrent runs
-never read each other's references. Outputs declared as registered become dataset versions here.
-"""
+this IO manager stores is the small ``DatasetRef`` that says where, per run
+(``_refs/<asset>/<run_id>.json``, written atomically), so concurrent runs never read each other's
+references. Outputs declared as registered become dataset versions here.
 
+Which reference an input reads (what Dagster 1.13 tells an input about its upstream):
+
+- full run: ``upstream_output.run_id`` is this run, so this run's reference.
+- re-execution from failure (``ReexecutionOptions.from_failure``, step selection): the job is
+  whole and ``upstream_output.run_id`` names the ancestor run that produced the output, so that
+  run's reference, never another run's. If it is gone, the input fails clearly; it never falls
+  back to a newer run's result.
+- the upstream asset is not part of this run's job: a subset run (``materialize([...])``,
+  ``asset_selection=``) or a re-execution "from asset failure" (the UI's and run retries'
+  strategy, which re-runs a job subset holding only the failed assets). Dagster then gives a
+  placeholder run id. The reference of the nearest run in this run's lineage (this run, its
+  parent, ... its root) is read: a re-execution reads what the run it re-executes materialized
+  or read. Only a run with no parent falls back to ``latest.json``. Whatever was read is pinned
+  under this run's id (``_refs/<asset>/<run_id>.json``, created exclusively), so every step of
+  the run, and any later re-execution of it, reads the same content.
+
+A reference taken from another run that points outside the immutable published outputs (a
+source dataset, whose file can be rewritten in place) is re-hashed before use, and refused if
+the data changed since: reading new bytes under the old content hash would poison reuse.
+"""
 
 import json
 from typing import Any
@@ -17,26 +37,64 @@ from dagster import (
     OutputContext,
     ResourceDependency,
 )
+from pydantic import ValidationError
 
+from aml_assets.data import layout
+from aml_assets.data.content import manifest_digest
 from aml_assets.data.datasets import DatasetRef, read_pandas
-from aml_assets.data.datastore import Datastore
+from aml_assets.data.datastore import Datastore, open_stat_cache
 from aml_assets.data.registry import DatasetRegistry
 from aml_assets.errors import DatasetError
 
 REGISTERED_KEY = "aml/registered"
+
+#: What Dagster 1.13 gives as ``upstream_output.run_id`` when the upstream asset is not part of
+#: the run (a subset run): the output context is built without a run (``RUN_ID_PLACEHOLDER``).
+_NO_RUN = "__EPHEMERAL_RUN_ID"
 
 
 def _asset_name(context: InputContext | OutputContext) -> str:
     return context.asset_key.to_python_identifier()
 
 
+def _producing_run(context: InputContext) -> str | None:
+    """The run that materialized the upstream output in this run's plan, or None when the
+    upstream is not part of the plan (a subset run) or Dagster cannot tell."""
+    upstream = context.upstream_output
+    if upstream is None:
+        return None
+    try:
+        run_id = upstream.run_id
+    except DagsterInvariantViolationError:  # a re-execution whose lineage never produced it
+        return None
+    return None if run_id == _NO_RUN else run_id
+
+
+def _lineage(context: InputContext) -> list[str]:
+    """This run's id, then its parent's, and so on up to the root run (re-executions)."""
+    try:
+        run = context.step_context.dagster_run
+    except DagsterInvariantViolationError:
+        return []
+    chain = [run.run_id]
+    parent = run.parent_run_id
+    try:
+        instance = context.instance
+    except DagsterInvariantViolationError:
+        instance = None
+    while parent and parent not in chain:
+        chain.append(parent)
+        found = instance.get_run_by_id(parent) if instance is not None else None
+        parent = found.parent_run_id if found is not None else None
+    if run.root_run_id and run.root_run_id not in chain:
+        chain.append(run.root_run_id)
+    return chain
+
+
 class DatastoreIOManager(ConfigurableIOManager):
     """Stores dataset references on the workspace datastore; registers dataset versions."""
 
     datastore: ResourceDependency[Datastore]
-
-    def _ref_path(self, asset: str, run_id: str) -> str:
-        return f"_refs/{asset}/{run_id}.json"
 
     def handle_output(self, context: OutputContext, obj: DatasetRef) -> None:
         if not isinstance(obj, DatasetRef):
@@ -47,46 +105,140 @@ class DatastoreIOManager(ConfigurableIOManager):
         definition = context.definition_metadata or {}
         if definition.get(REGISTERED_KEY):
             registry = DatasetRegistry(self.datastore)
-            version, created = registry.register(
+            done = registry.register_ref(
                 obj,
                 description=definition.get("aml/description"),
                 tags=json.loads(definition.get("aml/tags") or "{}"),
             )
-            obj = obj.model_copy(update={"version": version})
-            if created:
-                context.log.info(f"Registered dataset '{obj.name}' version {version}")
+            obj = obj.model_copy(update={"version": done.version})
+            if done.replaced_corrupt is not None:
+                context.log.error(done.describe(obj.name))
             else:
-                context.log.info(
-                    f"Dataset '{obj.name}' content is unchanged; reusing registered version {version}"
-                )
-            context.add_output_metadata(
-                {
-                    "dataset_version": MetadataValue.int(version),
-                    "dataset_version_created": MetadataValue.bool(created),
-                }
-            )
+                context.log.info(done.describe(obj.name))
+            metadata: dict[str, Any] = {
+                "dataset_version": MetadataValue.int(done.version),
+                "dataset_version_created": MetadataValue.bool(done.created),
+            }
+            if done.same_content_as is not None:
+                metadata["dataset_same_content_as"] = MetadataValue.int(done.same_content_as)
+            if done.replaced_corrupt is not None:
+                metadata["dataset_replaced_corrupt_version"] = MetadataValue.int(done.replaced_corrupt)
+            context.add_output_metadata(metadata)
         payload = obj.model_dump_json().encode()
         asset = _asset_name(context)
-        self.datastore.write_bytes(self._ref_path(asset, context.run_id), payload)
-        self.datastore.write_bytes(f"_refs/{asset}/latest.json", payload)
+        # write_bytes is atomic: a crash or a full disk leaves the old reference or the new one.
+        self.datastore.write_bytes(layout.run_ref(asset, context.run_id), payload)
+        self.datastore.write_bytes(layout.latest_ref(asset), payload)
+
+    # --- reading references ---------------------------------------------------------------
+    def read_ref(self, rel: str, asset: str) -> DatasetRef:
+        """A stored reference; a corrupt one raises an error naming the file and the fix."""
+        raw = self.datastore.read_bytes(rel)
+        try:
+            return DatasetRef.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            raise DatasetError(
+                f"The reference to dataset '{asset}' at {self.datastore.uri(rel)} is unreadable "
+                f"({first.get('msg', 'invalid')}; {len(raw)} bytes). References are disposable: "
+                f"rerun the step that produces '{asset}' (or the whole pipeline) to write it again."
+            ) from None
 
     def load_ref(self, asset: str, run_id: str | None) -> DatasetRef:
         """The reference an asset's materialization in ``run_id`` stored (else its latest)."""
-        for rel in ([self._ref_path(asset, run_id)] if run_id else []) + [f"_refs/{asset}/latest.json"]:
+        for rel in ([layout.run_ref(asset, run_id)] if run_id else []) + [layout.latest_ref(asset)]:
             if self.datastore.exists(rel):
-                return DatasetRef.model_validate_json(self.datastore.read_bytes(rel))
+                return self.read_ref(rel, asset)
         raise DatasetError(
             f"Dataset '{asset}' has never been materialized on datastore '{self.datastore.name}'. "
             f"Materialize '{asset}' (or run the pipeline) first."
         )
 
-    def load_input(self, context: InputContext) -> Any:
-        upstream = context.upstream_output
+    def resolve_input_ref(
+        self, asset: str, producer: str | None, lineage: list[str]
+    ) -> tuple[DatasetRef, str]:
+        """(reference, where it was read) for an input; see the module docstring for the rules.
+
+        A reference made by another run that points at data outside the published step outputs
+        (a source dataset, whose path can be rewritten) is re-hashed first: if the data changed
+        since, reading it under the old content hash would poison the reuse ledger.
+        """
+        ref, where, pin = self._resolve(asset, producer, lineage)
+        current = lineage[0] if lineage else None
+        if where != layout.run_ref(asset, current or "") and not layout.is_protected(ref.path):
+            self._check_unchanged(asset, ref, where)
+        if pin and current:
+            ref = self._pin(asset, current, ref)
+        return ref, where
+
+    def _check_unchanged(self, asset: str, ref: DatasetRef, where: str) -> None:
+        store = self.datastore
+        cache = open_stat_cache() if store.local_path(ref.path) is not None else None
         try:
-            run_id = upstream.run_id if upstream is not None else None
-        except DagsterInvariantViolationError:  # upstream not materialized in a known run
-            run_id = None
-        ref = self.load_ref(_asset_name(context), run_id)
+            now = manifest_digest(store.manifest(ref.path, cache))
+        finally:
+            if cache is not None:
+                cache.close()
+        if now != ref.content_hash:
+            if where == layout.latest_ref(asset):
+                when = "since it was last materialized"
+            else:
+                when = f"since run {where.rsplit('/', 1)[-1].removesuffix('.json')} read it"
+            raise DatasetError(
+                f"Dataset '{asset}' at {store.uri(ref.path)} changed {when} (content "
+                f"{ref.content_hash[:12]} then, {now[:12]} now), so its recorded reference no "
+                f"longer describes it. Materialize '{asset}' again (a new run of the pipeline "
+                "does) instead of re-executing or running a subset without it."
+            )
+
+    def _resolve(
+        self, asset: str, producer: str | None, lineage: list[str]
+    ) -> tuple[DatasetRef, str, bool]:
+        """(reference, where it was read, whether to pin it for this run)."""
+        current = lineage[0] if lineage else None
+        if producer is not None:
+            rel = layout.run_ref(asset, producer)
+            if self.datastore.exists(rel):
+                return self.read_ref(rel, asset), rel, False
+            again = f" (re-executed by run {current})" if current and current != producer else ""
+            raise DatasetError(
+                f"Dataset '{asset}': the reference that run {producer}{again} materialized is gone "
+                f"({self.datastore.uri(rel)}; 'aml-assets gc' removes per-run references after "
+                "its grace period). A re-execution reads exactly what the run it re-executes "
+                f"produced, never a newer version, so it cannot continue. Start a new run of the "
+                f"pipeline instead (it reuses every step whose inputs did not change)."
+            )
+        for run_id in lineage:
+            rel = layout.run_ref(asset, run_id)
+            if self.datastore.exists(rel):
+                return self.read_ref(rel, asset), rel, run_id != current
+        if len(lineage) > 1:
+            raise DatasetError(
+                f"Dataset '{asset}': run {current} re-executes run {lineage[1]}, which read "
+                f"'{asset}' without materializing it, but no reference pinned by that run's "
+                f"lineage ({', '.join(lineage[1:])}) remains on datastore "
+                f"'{self.datastore.name}' (removed by 'aml-assets gc'?). A re-execution never "
+                "reads a newer version than its original run did. Start a new run instead."
+            )
+        rel = layout.latest_ref(asset)
+        if not self.datastore.exists(rel):
+            raise DatasetError(
+                f"Dataset '{asset}' has never been materialized on datastore "
+                f"'{self.datastore.name}'. Materialize '{asset}' (or run the pipeline) first."
+            )
+        return self.read_ref(rel, asset), rel, True
+
+    def _pin(self, asset: str, run_id: str, ref: DatasetRef) -> DatasetRef:
+        """Record the reference this run read; the first step of the run to pin wins."""
+        rel = layout.run_ref(asset, run_id)
+        if self.datastore.create_exclusive(rel, ref.model_dump_json().encode()):
+            return ref
+        return self.read_ref(rel, asset)
+
+    def load_input(self, context: InputContext) -> Any:
+        asset = _asset_name(context)
+        ref, where = self.resolve_input_ref(asset, _producing_run(context), _lineage(context))
+        context.log.debug(f"Input '{asset}' reads {ref.uri} (reference {where})")
         wanted = getattr(context.dagster_type, "typing_type", None)
         if getattr(wanted, "__name__", "") == "DataFrame" and ref.is_tabular:
             local = self.datastore.local_path(ref.path)

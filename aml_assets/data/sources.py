@@ -13,7 +13,8 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableSchema
 
-from aml_assets.data.content import manifest_digest
+from aml_assets.data import layout
+from aml_assets.data.content import canonical_digest, manifest_digest
 from aml_assets.data.datasets import DatasetRef, SourceDataset, tabular_stats
 from aml_assets.data.datastore import Datastore, open_stat_cache
 from aml_assets.errors import DatasetError, DatastoreError
@@ -47,20 +48,28 @@ def _ensure_present(ds: SourceDataset, store: Datastore, log: Any) -> None:
     log.info(f"Seeded dataset '{ds.name}' from {ds.seed} to {store.uri(ds.path)}")
 
 
-def _stats(ds: SourceDataset, store: Datastore, content_hash: str) -> dict[str, Any] | None:
+def _stats(ds: SourceDataset, store: Datastore, content_hash: str, log: Any) -> dict[str, Any] | None:
     """Tabular stats, cached by content hash: unchanged data is parsed once, ever."""
     if ds.format not in ("csv", "parquet"):
         return None
-    cache_rel = f"_stats/{content_hash}.json"
+    # Keyed by the content and by how it is read: another separator or header gives other stats.
+    cache_rel = layout.stats_record(canonical_digest([content_hash, ds.separator, ds.reader()]))
     if store.exists(cache_rel):
-        return json.loads(store.read_bytes(cache_rel))
+        try:
+            cached = json.loads(store.read_bytes(cache_rel))
+            if isinstance(cached, dict) and "row_count" in cached and "columns" in cached:
+                return cached
+        except ValueError:
+            pass
+        # A cache entry is disposable: a corrupt one (a full disk, a crash) is rebuilt, never fatal.
+        log.warning(f"Discarding the unreadable statistics cache {store.uri(cache_rel)}; recomputing it")
     local = store.local_path(ds.path)
     if local is not None:
-        stats = tabular_stats(local, ds.format, ds.separator, ds.name)
+        stats = tabular_stats(local, ds.format, ds.separator, ds.name, ds.reader())
     else:
         with tempfile.TemporaryDirectory(prefix=f"aml-{ds.name}-") as tmp:
             copy = store.download(ds.path, Path(tmp))
-            stats = tabular_stats(copy, ds.format, ds.separator, ds.name)
+            stats = tabular_stats(copy, ds.format, ds.separator, ds.name, ds.reader())
     if stats["row_count"] == 0:
         raise DatasetError(
             f"Dataset '{ds.name}': '{ds.path}' has a header but no rows. Check the upload."
@@ -89,7 +98,7 @@ def materialize_source(
             "row; check the upload."
         )
     content_hash = manifest_digest(entries)
-    stats = _stats(ds, store, content_hash)
+    stats = _stats(ds, store, content_hash, log)
     ref = DatasetRef(
         name=ds.name,
         datastore=datastore_key,
@@ -98,6 +107,7 @@ def materialize_source(
         format=ds.format,
         separator=ds.separator,
         content_hash=content_hash,
+        reader=ds.reader(),
         file_count=len(entries),
         byte_count=sum(e.size for e in entries),
     )

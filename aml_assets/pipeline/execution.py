@@ -1,49 +1,43 @@
-"""Runs one step inside its Dagster op: fingerprint, reuse or run, publish, commit.
+"""Runs one step inside its Dagster op: fingerprint, decide, then reuse or run, publish, record.
 
-The op built in ``pipeline.py`` hands a ``StepExecution`` everything it needs; this module never
-looks anything up by itself, so what a step may depend on is explicit.
+The op built in ``pipeline/assets.py`` hands a ``StepExecution`` everything it needs; this module
+never looks anything up by itself, so what a step may depend on is explicit. The parts live in
+their own modules: the fingerprint (``reuse.fingerprint``, ``reuse.code``), the decision
+(``reuse.decision``, pure), the attempt (``reuse.attempt``: scratch, publish, commit) and the
+launcher of the step's compute target (``compute.launch``).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
-import json
 import os
 import platform
-import runpy
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import threading
-import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from aml_assets.compute.cluster import CpuCluster
-from aml_assets.compute.spark import SparkPool
-from aml_assets.data.content import StatCache, data_manifest, manifest_digest
-from aml_assets.data.datasets import (
-    DatasetInput,
-    DatasetRef,
-    InputMode,
-    OutputDataset,
-    tabular_stats,
-)
-from aml_assets.data.datastore import Datastore
-from aml_assets.errors import StepFailedError
+from aml_assets.compute.launch import StepLaunch, run_script_process, run_spark_in_process
+from aml_assets.compute.spark import SparkPool, is_speed_only
+from aml_assets.data.content import StatCache
+from aml_assets.data.datasets import DatasetInput, DatasetRef, InputMode, OutputDataset
+from aml_assets.data.datastore import Datastore, default_cache_dir
 from aml_assets.pipeline.parameters import PipelineParameter
-from aml_assets.pipeline.steps import Step
-from aml_assets.reuse.fingerprint import StepFingerprint, code_manifest, explain_difference
-from aml_assets.reuse.ledger import Commit, StepLedger
-from amlrun.context import CONTEXT_ENV, Run, in_process_run
+from aml_assets.pipeline.steps import Step, SynapseSparkStep
+from aml_assets.reuse.attempt import Attempt
+from aml_assets.reuse.code import step_code
+from aml_assets.reuse.decision import Decision, decide
+from aml_assets.reuse.fingerprint import StepFingerprint
+from aml_assets.reuse.ledger import StepLedger
+from aml_assets.reuse.records import Commit, PublishedOutput, RunRecord
+from aml_assets.reuse.verify import check_output
 
-_STDERR_TAIL_LINES = 40
+#: Where steps' private input copies live, so ``aml-assets gc`` can find what killed steps left.
+WORK_DIR_NAME = "work"
 
 
 @dataclass
@@ -51,7 +45,7 @@ class StepResult:
     """What a step produced (or reused), ready to be yielded as Dagster outputs."""
 
     refs: dict[str, DatasetRef]
-    outputs: dict[str, dict[str, Any]]
+    outputs: dict[str, PublishedOutput]
     fingerprint: str
     reused: bool
     reused_from_run: str | None
@@ -75,8 +69,6 @@ class StepExecution:
     compute: CpuCluster | SparkPool
     stat_cache: StatCache
     dagster_context: Any = None
-    sibling_scripts: frozenset[str] = frozenset()
-    _metrics: dict[str, Any] = field(default_factory=dict)
 
     # --- fingerprint -----------------------------------------------------------------------
     def symbolic_arguments(self) -> list[str]:
@@ -104,29 +96,50 @@ class StepExecution:
             env["pyspark"] = _package_version("pyspark")
         return env
 
-    def fingerprint(self) -> StepFingerprint:
-        """Everything that determines this step's result."""
+    def spark_conf(self) -> dict[str, str]:
+        """The Spark settings that can change this step's result: the pool's, then the step's."""
+        if not isinstance(self.compute, SparkPool) or not isinstance(self.step, SynapseSparkStep):
+            return {}
+        conf = dict(self.compute.result_conf())
+        conf.update({k: v for k, v in self.step.spark_conf().items() if not is_speed_only(k)})
+        return conf
+
+    def settings(self) -> dict[str, Any]:
+        """Result-affecting settings: the step's kind and script, how it reads and writes."""
         step = self.step
-        return StepFingerprint(
+        settings: dict[str, Any] = {
+            "kind": step.kind,
+            "script": step.script,
+            "outputs": {o.name: o.definition() for o in step.all_outputs()},
+            # Everything that shapes what the step receives from each input: the dataset's
+            # declaration (reader options, path, format) and how it is delivered.
+            "inputs": {
+                i.name: {"dataset": i.dataset.name, "mode": i.mode.value, **i.dataset.definition()}
+                for i in step.all_inputs()
+            },
+        }
+        if step.kind == "spark":
+            settings["spark_conf"] = self.spark_conf()
+        return settings
+
+    def fingerprint(self) -> tuple[StepFingerprint, list[str]]:
+        """Everything that determines this step's result, and notes on how the code was found."""
+        step = self.step
+        code = step_code(step.script, Path(step.source_directory), step.hash_paths, self.stat_cache)
+        fp = StepFingerprint(
             step=step.name,
-            code=code_manifest(
-                Path(step.source_directory), step.hash_paths, self.stat_cache, self.sibling_scripts
-            ),
+            code=code.files,
             arguments=self.symbolic_arguments(),
             parameters={p.name: self.parameter_values[p.name] for p in step.parameters()},
-            # Keyed by dataset, so a change reads "input titanic changed"; how each input is
-            # delivered (name, mode) is part of the settings below.
+            # Keyed by dataset, so a change reads "input titanic changed".
             inputs={
                 i.dataset.name: self.input_refs[i.dataset.name].content_hash
                 for i in step.all_inputs()
             },
             environment=self.environment(),
-            settings={
-                **step.settings(),
-                "outputs": {o.name: o.format for o in step.all_outputs()},
-                "inputs": {i.name: f"{i.dataset.name}:{i.mode.value}" for i in step.all_inputs()},
-            },
+            settings=self.settings(),
         )
+        return fp, list(code.notes)
 
     def code_label(self, path: str) -> str:
         """A code path as the user knows it: relative to the source directory's parent."""
@@ -135,85 +148,97 @@ class StepExecution:
         return f"{Path(self.step.source_directory).name}/{path}"
 
     # --- decide, then reuse or run -----------------------------------------------------------
+    def decide(self, fp: StepFingerprint, ledger: StepLedger) -> Decision:
+        """Gather the facts from the ledger (checking saved outputs) and decide."""
+        digest = fp.digest
+
+        def check(commit: Commit) -> tuple[bool, list[str]]:
+            present, problems = True, []
+            for out in commit.outputs.values():
+                ok, found = check_output(self.datastore, out, self.stat_cache)
+                present, problems = present and ok, problems + found
+            return present, problems
+
+        return decide(
+            fingerprint=digest,
+            components=fp.components(),
+            allow_reuse=self.step.allow_reuse,
+            regenerate=self.regenerate,
+            candidates=ledger.candidates(digest, check),
+            previous=ledger.latest_record(exclude_run=self.run_id),
+            code_label=self.code_label,
+        )
+
     def execute(self) -> StepResult:
         """Reuse a committed result when nothing that determines it changed; else run."""
         step, log = self.step, self.log
-        fp = self.fingerprint()
-        digest = fp.digest
-        components = fp.components()
+        fp, notes = self.fingerprint()
+        digest, components = fp.digest, fp.components()
+        for note in notes:
+            log.warning(f"Step '{step.name}': {note}")
         ledger = StepLedger(self.datastore, step.name)
-        previous = ledger.latest_record(exclude_run=self.run_id)
-
-        commit, stale = ledger.find(digest)
-        if stale:
-            log.warning(
-                f"Step '{step.name}': the published outputs of run(s) "
-                f"{', '.join(c.run_id for c in stale)} were deleted; they will not be reused."
-            )
-            ledger.forget(digest, stale)
-
-        if commit is not None and step.allow_reuse and not self.regenerate:
-            log.info(f"Step '{step.name}' reused outputs of run {commit.run_id} (fingerprint {digest[:12]})")
-            result = self._result_from_commit(commit, reused=True, reasons=[])
-        else:
-            if not step.allow_reuse:
-                reasons = ["allow_reuse=False"]
-            elif self.regenerate:
-                reasons = ["regenerate_outputs was requested"]
-            elif stale and previous and previous.get("fingerprint") == digest:
-                reasons = [f"its published outputs (run {stale[0].run_id}) were deleted; recomputing"]
-            else:
-                reasons = explain_difference(
-                    previous.get("components") if previous else None, components, self.code_label
-                ) or [f"no published outputs exist for fingerprint {digest[:12]}"]
-            log.info(f"Step '{step.name}' runs because {'; '.join(reasons)}")
-            commit = self._run_and_publish(ledger, digest, components)
-            result = self._result_from_commit(commit, reused=False, reasons=reasons)
-
-        ledger.record_run(
-            self.run_id,
-            {
-                "step": step.name,
-                "fingerprint": digest,
-                "components": components,
-                "reused": result.reused,
-                "reused_from_run": result.reused_from_run,
-                "reasons": result.reasons,
-                "code_prefix": Path(step.source_directory).name,
-                "created": time.time(),
-            },
+        decision = self.decide(fp, ledger)
+        for warning in decision.warnings:
+            log.error(f"Step '{step.name}': {warning}")
+        if decision.forget:
+            ledger.forget(digest, decision.forget)
+        record = RunRecord(
+            run_id=self.run_id,
+            step=step.name,
+            fingerprint=digest,
+            components=components,
+            status="reused" if decision.reuse else "started",
+            reasons=decision.reasons,
+            reused_from_run=decision.commit.run_id if decision.commit else None,
+            code_prefix=Path(step.source_directory).name,
+            notes=notes,
         )
-        return result
+        ledger.start_record(record)
+        if decision.commit is not None:
+            log.info(
+                f"Step '{step.name}' reused outputs of run {decision.commit.run_id} "
+                f"(fingerprint {digest[:12]})"
+            )
+            return self._result(decision.commit, reused=True, reasons=[])
+        log.info(f"Step '{step.name}' runs because {'; '.join(decision.reasons)}")
+        try:
+            commit = self._run_and_publish(ledger, digest, components)
+        except BaseException as exc:
+            ledger.finish_record(record, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        ledger.finish_record(record, "ran")
+        return self._result(commit, reused=False, reasons=decision.reasons)
 
-    def _result_from_commit(self, commit: Commit, reused: bool, reasons: list[str]) -> StepResult:
-        refs = {}
+    def _result(self, commit: Commit, reused: bool, reasons: list[str]) -> StepResult:
         input_versions = {
             name: {"content_hash": ref.content_hash, "version": ref.version, "uri": ref.uri}
             for name, ref in self.input_refs.items()
         }
+        refs = {}
         for out in self.step.all_outputs():
             published = commit.outputs[out.name]
             refs[out.name] = DatasetRef(
                 name=out.name,
                 datastore=self.datastore_key,
-                path=published["path"],
-                uri=self.datastore.uri(published["path"]),
+                path=published.path,
+                uri=self.datastore.uri(published.path),
                 format=out.format,
                 separator=out.separator,
-                content_hash=published["content_hash"],
-                file_count=published["file_count"],
-                byte_count=published["byte_count"],
+                content_hash=published.content_hash,
+                file_count=published.file_count,
+                byte_count=published.byte_count,
                 producer={
                     "run_id": commit.run_id,
                     "step": self.step.name,
                     "fingerprint": commit.fingerprint,
-                    "stats": published.get("stats"),
+                    "stats": published.stats,
                 },
                 input_versions=input_versions,
+                files=[asdict(f) for f in published.files],
             )
         return StepResult(
             refs=refs,
-            outputs=commit.outputs,
+            outputs=dict(commit.outputs),
             fingerprint=commit.fingerprint,
             reused=reused,
             reused_from_run=commit.run_id if reused else None,
@@ -223,67 +248,49 @@ class StepExecution:
 
     def _run_and_publish(self, ledger: StepLedger, digest: str, components: dict[str, Any]) -> Commit:
         step = self.step
-        attempt = f"{self.run_id[:8]}-{uuid.uuid4().hex[:8]}"
-        scratch = self.datastore.scratch_dir(f"{step.name}-{attempt}")
-        workdir = Path(tempfile.mkdtemp(prefix=f"aml-{step.name}-inputs-"))
+        work_root = default_cache_dir() / WORK_DIR_NAME
+        work_root.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"aml-{step.name}-inputs-", dir=work_root))
         try:
-            out_dirs = {o.name: scratch / o.name for o in step.all_outputs()}
-            for d in out_dirs.values():
-                d.mkdir(parents=True)
-            handles = self._deliver_inputs(workdir)
-            args = self._resolve_arguments(handles, out_dirs)
-            context = {
-                "step": step.name,
-                "run_id": self.run_id,
-                "inputs": handles,
-                "outputs": {k: str(v) for k, v in out_dirs.items()},
-                "parameters": {p.name: self.parameter_values[p.name] for p in step.parameters()},
-            }
-            if step.kind == "spark":
-                self._run_spark(args, context)
-            else:
-                self._run_process(args, context, workdir)
-            outputs = {}
-            for out in step.all_outputs():
-                local = out_dirs[out.name]
-                entries = data_manifest(local)
-                if not entries:
-                    raise StepFailedError(
-                        f"Step '{step.name}' finished but wrote nothing to output '{out.name}' "
-                        f"({local}). Write the output into the folder passed as its argument."
-                    )
-                stats = (
-                    tabular_stats(local, out.format, out.separator, out.name)
-                    if out.format in ("csv", "parquet")
-                    else None
+            with Attempt(
+                self.datastore, ledger, self.run_id, digest, step.all_outputs(), self.stat_cache
+            ) as attempt:
+                handles, readonly = self._deliver_inputs(workdir)
+                launch = StepLaunch(
+                    step=step.name,
+                    script=Path(step.script_path),
+                    script_label=self.code_label(step.script),
+                    source_directory=Path(step.source_directory),
+                    arguments=self._resolve_arguments(handles, attempt.out_dirs),
+                    context={
+                        "step": step.name,
+                        "run_id": self.run_id,
+                        "inputs": handles,
+                        "outputs": {k: str(v) for k, v in attempt.out_dirs.items()},
+                        "parameters": {
+                            p.name: self.parameter_values[p.name] for p in step.parameters()
+                        },
+                    },
+                    workdir=workdir,
+                    log=self.log,
+                    timeout_seconds=step.timeout_seconds or self.compute.default_timeout_seconds,
+                    dagster_context=self.dagster_context,
+                    python=step.environment.python,
+                    spark_conf=step.spark_conf() if isinstance(step, SynapseSparkStep) else {},
+                    readonly_paths=readonly,
                 )
-                outputs[out.name] = {
-                    "path": ledger.output_path(digest, attempt, out.name),
-                    "content_hash": manifest_digest(entries),
-                    "file_count": len(entries),
-                    "byte_count": sum(e.size for e in entries),
-                    "stats": stats,
-                }
-            # Publish every output, then commit: a reader only ever follows a commit.
-            for out in step.all_outputs():
-                self.datastore.publish_dir(out_dirs[out.name], outputs[out.name]["path"])
-            commit = Commit(
-                fingerprint=digest,
-                run_id=self.run_id,
-                outputs=outputs,
-                components=components,
-                created=time.time(),
-                metrics=dict(self._metrics),
-            )
-            ledger.commit(commit, attempt)
-            return commit
+                if isinstance(self.compute, SparkPool):
+                    metrics = run_spark_in_process(self.compute, launch)
+                else:
+                    metrics = run_script_process(self.compute, launch)
+                return attempt.publish(components, metrics)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
             shutil.rmtree(workdir, ignore_errors=True)
 
     # --- inputs and arguments -----------------------------------------------------------------
-    def _deliver_inputs(self, workdir: Path) -> dict[str, dict[str, Any]]:
-        handles = {}
+    def _deliver_inputs(self, workdir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Local paths (or URIs) of the inputs, and which of them are saved data read in place."""
+        handles, readonly = {}, []
         for inp in self.step.all_inputs():
             ref = self.input_refs[inp.dataset.name]
             store = self.input_stores[ref.datastore]
@@ -292,8 +299,11 @@ class StepExecution:
                 path = str(store.download(ref.path, workdir / inp.name))
             elif inp.mode is InputMode.DIRECT and (local is not None or self.step.kind != "spark"):
                 path = str(local) if local is not None else ref.uri
+                if local is not None:
+                    readonly.append(path)
             elif local is not None:  # mount / tabular on a local store: read in place
                 path = str(local)
+                readonly.append(path)
             else:  # remote store: stage a local copy (Spark and plain readers can't read it)
                 self.log.info(f"Staging input '{inp.name}' from {ref.uri} to local disk")
                 path = str(store.download(ref.path, workdir / inp.name))
@@ -306,8 +316,9 @@ class StepExecution:
                 "separator": ref.separator,
                 "dataset": ref.name,
                 "version": ref.version,
+                "reader": dict(ref.reader),
             }
-        return handles
+        return handles, readonly
 
     def _resolve_arguments(self, handles: dict[str, dict[str, Any]], out_dirs: dict[str, Path]) -> list[str]:
         args = []
@@ -321,91 +332,6 @@ class StepExecution:
             else:
                 args.append(str(arg))
         return args
-
-    # --- running scripts ------------------------------------------------------------------------
-    def _run_process(self, args: list[str], context: dict[str, Any], workdir: Path) -> None:
-        from dagster import (
-            PipesTempFileContextInjector,
-            PipesTempFileMessageReader,
-            open_pipes_session,
-        )
-
-        step = self.step
-        assert isinstance(self.compute, CpuCluster)
-        ctx_file = workdir / "run-context.json"
-        ctx_file.write_text(json.dumps(context))
-        python = step.environment.python or sys.executable
-        command = [python, "-m", "amlrun.launch", str(step.script_path), *args]
-        with open_pipes_session(
-            context=self.dagster_context,
-            context_injector=PipesTempFileContextInjector(),
-            message_reader=PipesTempFileMessageReader(),
-        ) as session:
-            env = {
-                **os.environ,
-                **session.get_bootstrap_env_vars(),
-                CONTEXT_ENV: str(ctx_file),
-                "PYTHONUNBUFFERED": "1",
-                # The launcher puts the script's folder on sys.path itself, after its own imports,
-                # so a script named like a stdlib module (copy.py) cannot break the launcher.
-                "PYTHONSAFEPATH": "1",
-                "PYTHONPATH": os.pathsep.join(
-                    p for p in (_amlrun_root(), os.environ.get("PYTHONPATH")) if p
-                ),
-            }
-            proc = self.compute.start(command, env, Path(step.source_directory))
-            code, stderr_tail = _wait_streaming(proc)
-        for message in session.get_custom_messages():
-            if isinstance(message, dict) and "aml_metric" in message:
-                name, value = message["aml_metric"]
-                self._metrics[name] = value
-        if code != 0:
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            tail = "\n".join(stderr_tail) or "(no output on stderr)"
-            raise StepFailedError(
-                f"Step '{step.name}' failed: script {self.code_label(step.script)} {how}. "
-                f"Nothing was published.\n--- last lines of stderr ---\n{tail}"
-            )
-
-    def _run_spark(self, args: list[str], context: dict[str, Any]) -> None:
-        step = self.step
-        assert isinstance(self.compute, SparkPool)
-        self.compute.session(self.log, step.spark_overrides())  # type: ignore[attr-defined]
-        run = Run.from_dict(context, sink=self._metrics.__setitem__)
-        source = str(step.source_directory)
-        before = set(sys.modules)
-        saved_argv, saved_path = sys.argv, list(sys.path)
-        sys.argv = [str(step.script_path), *args]
-        sys.path.insert(0, source)
-        try:
-            with in_process_run(run), self.compute.script_environment():
-                runpy.run_path(str(step.script_path), run_name="__main__")
-        except SystemExit as exc:
-            if exc.code not in (0, None):
-                raise StepFailedError(
-                    f"Step '{step.name}' failed: script {self.code_label(step.script)} exited with "
-                    f"code {exc.code}. Nothing was published."
-                ) from exc
-        except Exception as exc:
-            raise StepFailedError(
-                f"Step '{step.name}' failed: script {self.code_label(step.script)} raised "
-                f"{type(exc).__name__}: {exc}. Nothing was published."
-            ) from exc
-        finally:
-            sys.argv = saved_argv
-            sys.path[:] = saved_path
-            # Helper modules of the source directory must be re-imported next time, or an edit
-            # to them would be hashed (and rerun) but not executed.
-            for name in set(sys.modules) - before:
-                module_file = getattr(sys.modules[name], "__file__", None) or ""
-                if module_file.startswith(source):
-                    del sys.modules[name]
-
-
-def _amlrun_root() -> str:
-    import amlrun
-
-    return str(Path(amlrun.__file__).resolve().parent.parent)
 
 
 @functools.lru_cache(maxsize=256)
@@ -433,43 +359,3 @@ def _interpreter_version_cached(python: str, mtime_ns: int) -> str:
         check=True,
     )
     return out.stdout.strip()
-
-
-def _pump(stream, sink, tail: collections.deque | None) -> None:
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", errors="replace")
-        sink.write(line)
-        sink.flush()
-        if tail is not None:
-            tail.append(line.rstrip("\n"))
-    stream.close()
-
-
-def _wait_streaming(proc: subprocess.Popen[bytes]) -> tuple[int, list[str]]:
-    """Forward a process's stdout/stderr to ours (Dagster captures them per step); wait for it."""
-    tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
-    pumps = [
-        threading.Thread(target=_pump, args=(proc.stdout, sys.stdout, None), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, sys.stderr, tail), daemon=True),
-    ]
-    for t in pumps:
-        t.start()
-    try:
-        code = proc.wait()
-    except BaseException:
-        # The run was terminated: take the script and everything it started down with it.
-        _kill_group(proc)
-        raise
-    for t in pumps:
-        t.join()
-    return code, list(tail)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

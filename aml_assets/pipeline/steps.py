@@ -48,10 +48,22 @@ class Step:
     hash_paths: list[Path | str] = field(default_factory=list)
     environment: Environment = field(default_factory=Environment)
     description: str | None = None
+    #: Stop the step (and publish nothing) after this many seconds; None: the compute target's
+    #: ``default_timeout_seconds``.
+    timeout_seconds: float | None = None
+    #: Whether the script needs the datastore's credentials in its environment. Off by default:
+    #: a script that prints its environment must not leak the storage account key.
+    datastore_credentials: bool = False
 
     def __post_init__(self) -> None:
-        self.source_directory = Path(self.source_directory).resolve()
-        self.hash_paths = [Path(p) for p in self.hash_paths]
+        # Every path is resolved where the step is declared, so a later chdir (a notebook, a
+        # test, a daemon started elsewhere) can never make the same step hash another folder.
+        self.source_directory = Path(self.source_directory).expanduser().resolve()
+        self.hash_paths = [Path(p).expanduser().resolve() for p in self.hash_paths]
+        if self.timeout_seconds is not None and self.timeout_seconds <= 0:
+            raise ValueError(
+                f"Step '{self.name}': timeout_seconds must be positive (got {self.timeout_seconds})."
+            )
 
     @property
     def script_path(self) -> Path:
@@ -96,8 +108,9 @@ class SynapseSparkStep(Step):
     """Runs ``script`` against a Spark pool's session, with Synapse's sizing settings.
 
     Sizing settings (memory, cores, executors) apply when the pool's session starts and are left
-    out of the fingerprint: they change how fast, not what. ``conf`` entries other than sizing are
-    part of it (``spark.sql.ansi.enabled`` can change a result).
+    out of the fingerprint: they change how fast, not what. ``conf`` entries other than those the
+    pool lists as speed-only are part of it (``spark.sql.ansi.enabled`` can change a result), and
+    are applied to the session for the step's duration (or refused clearly when they cannot be).
     """
 
     kind: ClassVar[Literal["python", "spark"]] = "spark"
@@ -120,8 +133,6 @@ class SynapseSparkStep(Step):
         }
         return {**{k: str(v) for k, v in sizing.items() if v is not None}, **self.conf}
 
-    def settings(self) -> dict[str, Any]:
-        from aml_assets.compute.spark import SPARK_SIZING_KEYS
-
-        result_conf = {k: v for k, v in self.conf.items() if k not in SPARK_SIZING_KEYS}
-        return {**super().settings(), "spark_conf": result_conf}
+    def spark_conf(self) -> dict[str, str]:
+        """The step's own Spark configuration (sizing excluded), applied for its duration."""
+        return dict(self.conf)

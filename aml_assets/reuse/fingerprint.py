@@ -6,72 +6,16 @@ testable on its own (the Hamilton pattern).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from aml_assets.data.content import StatCache, canonical_digest, hash_file, ignore_spec, walk_files
+from aml_assets.data.content import canonical_digest
 
 #: Bumped whenever the encoding or the set of components changes, so old ledgers never match.
-FINGERPRINT_VERSION = 2
-
-def imported_modules(py_file: Path) -> set[str]:
-    """Top-level and dotted module names a Python file imports (statically)."""
-    import ast
-
-    try:
-        tree = ast.parse(py_file.read_bytes(), filename=str(py_file))
-    except (SyntaxError, ValueError):
-        return set()
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                names.add(alias.name)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
-
-
-def code_manifest(
-    source_directory: Path,
-    hash_paths: Iterable[Path] = (),
-    cache: StatCache | None = None,
-    sibling_scripts: Iterable[str] = (),
-) -> dict[str, str]:
-    """Digest of every file that makes up a step's code, keyed by a readable path.
-
-    Files of the source directory are keyed by their path relative to it; extra ``hash_paths``
-    (files or directories outside it) by their absolute path. ``sibling_scripts`` are other
-    steps' entry scripts in the same directory: they are left out unless this step's code
-    imports them, so editing ``train.py`` does not rerun ``dataprep`` beside it.
-    """
-    source_directory = Path(source_directory)
-    listed = walk_files(source_directory, ignore_spec(source_directory))
-    siblings = set(sibling_scripts)
-    if siblings:
-        imported: set[str] = set()
-        for rel, p in listed:
-            if rel.endswith(".py") and rel not in siblings:
-                imported |= imported_modules(p)
-        module_of = {s: s.removesuffix(".py").replace("/", ".") for s in siblings}
-        listed = [
-            (rel, p)
-            for rel, p in listed
-            if rel not in siblings or module_of[rel] in imported
-        ]
-    files = {rel: hash_file(p, cache) for rel, p in listed}
-    for extra in hash_paths:
-        extra = Path(extra).resolve()
-        if extra.is_dir():
-            for rel, p in walk_files(extra, ignore_spec(extra)):
-                files[f"{extra.as_posix()}/{rel}"] = hash_file(p, cache)
-        else:
-            files[extra.as_posix()] = hash_file(extra, cache)
-    return files
-
+#: v3: code is the script's import closure (comments ignored), inputs carry their declaration,
+#: Spark settings include the pool's.
+FINGERPRINT_VERSION = 3
 
 @dataclass
 class StepFingerprint:
@@ -106,6 +50,37 @@ class StepFingerprint:
     def digest(self) -> str:
         """The fingerprint itself."""
         return canonical_digest(self.components(), f"aml-fingerprint/v{FINGERPRINT_VERSION}")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _flatten(value: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Nested settings as (path...) -> leaf value, so a change names the exact setting."""
+    out: dict[tuple[str, ...], Any] = {}
+    for key, item in value.items():
+        path = (*prefix, str(key))
+        if isinstance(item, Mapping):
+            out.update(_flatten(item, path))  # an empty mapping is the same as none
+        else:
+            out[path] = item
+    return out
+
+
+def _setting_label(group: str, path: tuple[str, ...]) -> str:
+    """How a user would name a setting: "input titanic: separator", "Spark setting X"."""
+    if group == "settings" and path[0] == "inputs" and len(path) > 2:
+        return f"input {path[1]}: {'.'.join(path[2:])}"
+    if group == "settings" and path[0] == "outputs" and len(path) > 2:
+        return f"output {path[1]}: {'.'.join(path[2:])}"
+    if group == "settings" and path[0] == "spark_conf" and len(path) > 1:
+        return f"Spark setting {'.'.join(path[1:])}"
+    return f"{group} {'.'.join(path)}"
 
 
 def _describe_value(value: Any) -> str:
@@ -156,12 +131,14 @@ def explain_difference(
             f" -> {_describe_value(new.get('arguments'))})"
         )
     for group in ("environment", "settings"):
-        old_g, new_g = old.get(group, {}), new.get(group, {})
+        old_g, new_g = _flatten(old.get(group, {})), _flatten(new.get(group, {}))
+        if old_g == new_g and old.get(group, {}) != new.get(group, {}):
+            reasons.append(f"{group} changed")  # only in form ({} vs absent): say so anyway
         for key in sorted(set(old_g) | set(new_g)):
-            if old_g.get(key) != new_g.get(key):
+            if old_g.get(key, _UNSET) != new_g.get(key, _UNSET):
                 reasons.append(
-                    f"{group} {key} changed ({_describe_value(old_g.get(key))}"
-                    f" -> {_describe_value(new_g.get(key))})"
+                    f"{_setting_label(group, key)} changed ({_describe_value(old_g.get(key, _UNSET))}"
+                    f" -> {_describe_value(new_g.get(key, _UNSET))})"
                 )
     if old.get("step") != new.get("step"):
         reasons.append(f"step name changed ({old.get('step')} -> {new.get('step')})")

@@ -1,45 +1,33 @@
-"""Where reuse is decided: the ledger of published step outputs, kept beside them on the datastore.
+"""The reuse ledger of a step, kept beside its published outputs on the datastore.
 
-Layout on the datastore (every path below ``steps/<step>/``):
-
-- ``<fingerprint>/<attempt>/<output>/``: a published output, never modified;
-- ``<fingerprint>/commits/<time>-<attempt>.json``: created once the attempt's outputs are
-  published, never overwritten; a step is reusable only through a commit, so a failed or killed
-  attempt (no commit) is never reused. The newest commit whose outputs still exist wins, so a
-  forced rerun (``allow_reuse=False``, regenerate) becomes what later runs reuse, and two runs
-  racing to one fingerprint each publish a complete, separate attempt;
-- ``runs/<time>-<run_id>.json``: what each run of the step decided and why (for ``explain``).
+- A **commit** makes a published attempt reusable. It is created once the attempt's outputs are
+  all published, never overwritten; a failed or killed attempt has none and is never reused. Of a
+  fingerprint's commits the newest whose outputs still verify wins, so a forced rerun becomes
+  what later runs reuse, and two runs racing to one fingerprint each publish a separate attempt.
+- A **run record** says what one run of the step decided and how it ended: ``started`` (written
+  before the script runs, so a run killed mid-step leaves a trace), then ``ran``, ``reused`` or
+  ``failed``. A pointer to the newest record and each record's link to the one it was compared
+  with keep deciding and explaining O(1) in the length of the history.
 
 Keeping the ledger on the datastore, not in Dagster's event log, means reuse works across Dagster
-instances (a laptop and CI, a wiped ``DAGSTER_HOME``) as long as the data is there.
+instances (a laptop and CI, a wiped ``DAGSTER_HOME``) as long as the data is there. Paths come
+from ``aml_assets.data.layout``.
 """
 
 from __future__ import annotations
 
-import json
+import difflib
+import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
+from aml_assets.data import layout
 from aml_assets.data.datastore import Datastore
-from aml_assets.errors import AmlAssetsError
+from aml_assets.errors import AmlAssetsError, DatastoreError, LedgerRecordError
 from aml_assets.reuse.fingerprint import explain_difference
+from aml_assets.reuse.records import Commit, CommitCandidate, RunRecord
 
-
-@dataclass
-class Commit:
-    """A published, reusable result of one fingerprint of a step."""
-
-    fingerprint: str
-    run_id: str
-    outputs: dict[str, dict[str, Any]]
-    components: dict[str, Any]
-    created: float
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> bytes:
-        """Serialize for the commit marker."""
-        return json.dumps(self.__dict__, sort_keys=True, indent=1).encode()
+_log = logging.getLogger(__name__)
 
 
 class StepLedger:
@@ -49,118 +37,171 @@ class StepLedger:
         self.datastore = datastore
         self.step = step
 
-    def _base(self) -> str:
-        return f"steps/{self.step}"
-
-    def output_path(self, fingerprint: str, attempt: str, output: str) -> str:
-        """Where an attempt publishes one output."""
-        return f"{self._base()}/{fingerprint}/{attempt}/{output}"
-
-    def _commits_dir(self, fingerprint: str) -> str:
-        return f"{self._base()}/{fingerprint}/commits"
-
-    def find(self, fingerprint: str) -> tuple[Commit | None, list[Commit]]:
-        """The newest commit of a fingerprint whose outputs all still exist, and the stale ones.
-
-        A stale commit (outputs deleted by hand) is skipped, never trusted: its step recomputes.
-        """
-        base = self._commits_dir(fingerprint)
-        stale = []
+    # --- commits ------------------------------------------------------------------------------
+    def commits(self, fingerprint: str) -> list[tuple[str, Commit]]:
+        """A fingerprint's commits, newest first; a malformed record is logged and skipped."""
+        base = layout.commits_dir(self.step, fingerprint)
+        found = []
         for name in reversed(self.datastore.list_dir(base)):
             if not name.endswith(".json"):
                 continue
-            commit = Commit(**json.loads(self.datastore.read_bytes(f"{base}/{name}")))
-            if all(self.datastore.exists(out["path"]) for out in commit.outputs.values()):
-                return commit, stale
-            stale.append(commit)
-        return None, stale
+            try:
+                found.append((name, Commit.from_json(self.datastore.read_bytes(f"{base}/{name}"), f"{base}/{name}")))
+            except (LedgerRecordError, DatastoreError) as exc:
+                _log.warning("Step '%s': skipping %s", self.step, exc)
+        return found
+
+    def candidates(
+        self, fingerprint: str, check: Callable[[Commit], tuple[bool, list[str]]]
+    ) -> list[CommitCandidate]:
+        """Commits of a fingerprint, newest first, checked until one is sound.
+
+        ``check(commit)`` returns (all outputs present, integrity problems). Checking stops at the
+        first sound commit: older ones are never needed.
+        """
+        out = []
+        for name, commit in self.commits(fingerprint):
+            present, problems = check(commit)
+            out.append(CommitCandidate(name, commit, problems, missing=not present))
+            if present and not problems:
+                break
+        return out
 
     def commit(self, commit: Commit, attempt: str) -> None:
         """Record a published result. Commits are never overwritten: a rerun adds a newer one."""
-        rel = f"{self._commits_dir(commit.fingerprint)}/{time.time_ns():020d}-{attempt}.json"
-        if not self.datastore.create_exclusive(rel, commit.to_json()):  # pragma: no cover
+        rel = layout.commit_record(self.step, commit.fingerprint, time.time_ns(), attempt)
+        if not self.datastore._create_record(rel, commit.to_json()):  # pragma: no cover
             raise AmlAssetsError(f"Step '{self.step}': commit {rel} already exists; run again.")
 
-    def forget(self, fingerprint: str, stale: list[Commit]) -> None:
-        """Drop commit records whose outputs were deleted, so they are not checked again."""
-        base = self._commits_dir(fingerprint)
-        run_ids = {c.run_id for c in stale}
-        for name in self.datastore.list_dir(base):
-            if name.endswith(".json"):
-                commit = json.loads(self.datastore.read_bytes(f"{base}/{name}"))
-                if commit["run_id"] in run_ids:
-                    self.datastore.delete(f"{base}/{name}")
+    def forget(self, fingerprint: str, names: list[str]) -> None:
+        """Drop commit records whose outputs were deleted or corrupted: they are never reused."""
+        base = layout.commits_dir(self.step, fingerprint)
+        for name in names:
+            self.datastore._delete_record(f"{base}/{name}")
 
-    def record_run(self, run_id: str, record: dict[str, Any]) -> None:
-        """Remember what a run of the step decided (fingerprint, components, reuse, reasons)."""
-        rel = f"{self._base()}/runs/{time.time_ns():020d}-{run_id}.json"
-        payload = json.dumps({"run_id": run_id, **record}, indent=1).encode()
-        self.datastore.write_bytes(rel, payload)
-        # A pointer to the newest record, so deciding a step never lists its whole history.
-        self.datastore.write_bytes(f"{self._base()}/latest-run.json", payload)
+    # --- run records ----------------------------------------------------------------------------
+    def start_record(self, record: RunRecord) -> RunRecord:
+        """Write a run's first record (its decision), linked to the newest record before it."""
+        previous = self.latest_record(exclude_run=record.run_id)
+        record.previous = previous.name if previous else None
+        record.created = record.created or time.time()
+        record.name = layout.run_record(self.step, time.time_ns(), record.run_id).rsplit("/", 1)[-1]
+        self._write(record)
+        return record
 
-    def run_records(self) -> list[dict[str, Any]]:
-        """Every recorded run of the step, oldest first."""
-        base = f"{self._base()}/runs"
-        return [
-            json.loads(self.datastore.read_bytes(f"{base}/{name}"))
-            for name in self.datastore.list_dir(base)
-            if name.endswith(".json")
-        ]
+    def finish_record(self, record: RunRecord, status: str, error: str | None = None) -> None:
+        """Rewrite a run's record with how it ended."""
+        record.status = status
+        record.error = error
+        record.finished = time.time()
+        self._write(record)
 
-    def latest_record(self, exclude_run: str | None = None) -> dict[str, Any] | None:
-        """The most recent run record, other than ``exclude_run``'s."""
-        pointer = f"{self._base()}/latest-run.json"
-        if self.datastore.exists(pointer):
-            latest = json.loads(self.datastore.read_bytes(pointer))
-            if latest.get("run_id") != exclude_run:
+    def _write(self, record: RunRecord) -> None:
+        payload = record.to_json()
+        self.datastore._write_record(f"{layout.runs_dir(self.step)}/{record.name}", payload)
+        # The pointer is a cache: if it is lost or corrupt, the newest record is found by listing.
+        self.datastore._write_record(layout.latest_run_pointer(self.step), payload)
+
+    def _read_record(self, name: str) -> RunRecord | None:
+        rel = f"{layout.runs_dir(self.step)}/{name}"
+        try:
+            return RunRecord.from_json(self.datastore.read_bytes(rel), rel)
+        except (LedgerRecordError, DatastoreError) as exc:
+            _log.warning("Step '%s': skipping %s", self.step, exc)
+            return None
+
+    def record_names(self) -> list[str]:
+        """File names of every run record, oldest first."""
+        return [n for n in self.datastore.list_dir(layout.runs_dir(self.step)) if n.endswith(".json")]
+
+    def run_records(self) -> list[RunRecord]:
+        """Every readable run record of the step, oldest first (malformed ones are skipped)."""
+        return [r for n in self.record_names() if (r := self._read_record(n)) is not None]
+
+    def latest_record(self, exclude_run: str | None = None) -> RunRecord | None:
+        """The most recent run record, other than ``exclude_run``'s. O(1) through the pointer."""
+        pointer = layout.latest_run_pointer(self.step)
+        latest: RunRecord | None = None
+        try:
+            if self.datastore.exists(pointer):
+                latest = RunRecord.from_json(self.datastore.read_bytes(pointer), pointer)
+        except LedgerRecordError as exc:
+            _log.warning("Step '%s': %s; finding the newest run record by listing", self.step, exc)
+        if latest is not None:
+            if latest.run_id != exclude_run:
                 return latest
-        base = f"{self._base()}/runs"
-        for name in reversed(self.datastore.list_dir(base)):
-            if name.endswith(".json") and not name.endswith(f"-{exclude_run}.json"):
-                return json.loads(self.datastore.read_bytes(f"{base}/{name}"))
+            return self._read_record(latest.previous) if latest.previous else None
+        for name in reversed(self.record_names()):
+            if layout.run_id_of_record(name) != exclude_run and (r := self._read_record(name)):
+                return r
         return None
 
-    def record_for_run(self, run_id: str) -> dict[str, Any]:
-        """The record of one run (a run id or a unique prefix of one)."""
-        base = f"{self._base()}/runs"
-        matches = [n for n in self.datastore.list_dir(base) if n.split("-", 1)[-1].startswith(run_id)]
+    def record_for_run(self, run_id: str) -> RunRecord:
+        """The newest record of one run (a run id or a unique prefix of one)."""
+        names = self.record_names()
+        matches = [n for n in names if layout.run_id_of_record(n).startswith(run_id)]
         if not matches:
             raise AmlAssetsError(
-                f"Step '{self.step}' has no recorded run '{run_id}'. List runs with "
+                f"Step '{self.step}' has no recorded run '{run_id}' on datastore "
+                f"'{self.datastore.name}' ({self.datastore.uri()}). List runs with "
                 f"'aml-assets explain {self.step} --list'."
             )
-        if len({n.split("-", 1)[-1] for n in matches}) > 1:
+        if len({layout.run_id_of_record(n) for n in matches}) > 1:
             raise AmlAssetsError(
                 f"Run id prefix '{run_id}' matches several runs of step '{self.step}'; give more of it."
             )
-        return json.loads(self.datastore.read_bytes(f"{base}/{matches[-1]}"))
+        record = self._read_record(matches[-1])
+        if record is None:
+            raise AmlAssetsError(f"The record of run '{run_id}' of step '{self.step}' is unreadable.")
+        return record
 
-    def explain(self, run: str | None = None, against: str | None = None) -> tuple[dict, dict | None, list[str]]:
+    def explain(
+        self, run: str | None = None, against: str | None = None
+    ) -> tuple[RunRecord, RunRecord | None, list[str]]:
         """Why ``run`` (default: the latest) did or did not reuse, compared with ``against``.
 
         ``against`` defaults to the run recorded just before ``run``. Returns (record of run,
         record compared with or None, reasons); no reasons means the fingerprints are equal.
         """
-        records = self.run_records()
-        if not records:
-            raise AmlAssetsError(
-                f"Step '{self.step}' has no recorded runs on datastore '{self.datastore.name}'. "
-                "Run its pipeline first (or point at the datastore it ran on)."
-            )
-        current = self.record_for_run(run) if run else records[-1]
+        current = self.record_for_run(run) if run else self.latest_record()
+        if current is None:
+            raise AmlAssetsError(self._no_runs_message())
         if against:
             other = self.record_for_run(against)
+        elif current.previous:
+            other = self._read_record(current.previous)
         else:
-            index = next(i for i, r in enumerate(records) if r["run_id"] == current["run_id"])
-            other = records[index - 1] if index > 0 else None
-        prefix = current.get("code_prefix", "")
+            other = None
+        prefix = current.code_prefix
 
         def label(path: str) -> str:
             return path if path.startswith("/") or not prefix else f"{prefix}/{path}"
 
-        if other is not None and other["fingerprint"] == current["fingerprint"]:
+        if other is not None and other.fingerprint == current.fingerprint:
             return current, other, []
         return current, other, explain_difference(
-            other["components"] if other else None, current["components"], label
+            other.components if other else None, current.components, label
         )
+
+    def _no_runs_message(self) -> str:
+        steps = [s for s in self.datastore.list_dir(layout.STEPS) if s != self.step]
+        hint = difflib.get_close_matches(self.step, steps, n=3)
+        known = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else (
+            f" Steps recorded there: {', '.join(steps[:10])}." if steps else ""
+        )
+        return (
+            f"Step '{self.step}' has no recorded runs on datastore '{self.datastore.name}' "
+            f"({self.datastore.uri()}).{known} Run its pipeline first, or point at the datastore "
+            "it ran on (--root, or AML_DATASTORE / AML_DATASTORE_ROOT)."
+        )
+
+    def prune_runs(self, keep: int, dry_run: bool = False) -> list[str]:
+        """Delete all but the newest ``keep`` run records; returns the removed paths."""
+        if keep < 1:
+            raise AmlAssetsError("keep must be at least 1: the newest run record is always kept.")
+        names = self.record_names()
+        removed = [f"{layout.runs_dir(self.step)}/{n}" for n in names[: max(0, len(names) - keep)]]
+        if not dry_run:
+            for rel in removed:
+                self.datastore._delete_record(rel)
+        return removed

@@ -1,0 +1,405 @@
+"""Launchers: how a step's script runs on its compute target, and the metrics it logged.
+
+One launcher per kind of target: a script process on a CPU cluster (under Dagster Pipes), or the
+script in this process against a Spark pool's session. A launcher knows nothing of reuse: it gets
+resolved arguments and paths, runs the script within its timeout, and returns its metrics or
+raises ``StepFailedError`` (``StepTimeoutError``) with what the user needs to fix it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aml_assets.compute import isolation
+from aml_assets.compute.cluster import CpuCluster
+from aml_assets.compute.secrets import (
+    Redactor,
+    current_datastore_credentials,
+    current_secrets,
+    redacted_stdio,
+    scrubbed_environ,
+    step_env,
+)
+from aml_assets.compute.spark import SparkPool
+from aml_assets.errors import ComputeTargetError, StepFailedError, StepTimeoutError
+from amlrun.context import CONTEXT_ENV, Run, in_process_run
+
+_STDERR_TAIL_LINES = 40
+
+
+@dataclass
+class StepLaunch:
+    """Everything a launcher needs to run one step's script once."""
+
+    step: str
+    script: Path
+    script_label: str
+    source_directory: Path
+    arguments: list[str]
+    context: dict[str, Any]
+    workdir: Path
+    log: Any
+    timeout_seconds: float | None = None
+    dagster_context: Any = None
+    python: str | None = None
+    spark_conf: dict[str, str] = field(default_factory=dict)
+    #: Saved data delivered in place (mount/direct inputs): the script must not be able to change it.
+    readonly_paths: list[str] = field(default_factory=list)
+    #: Secret values the step's datastores hold: kept out of its environment, redacted from its
+    #: output. Filled by the op's ``secrets.step_secrets`` scope unless given.
+    secrets: list[str] = field(default_factory=current_secrets)
+    #: Whether the script may see datastore credentials in its environment (the step's setting).
+    datastore_credentials: bool = field(default_factory=current_datastore_credentials)
+
+    def redactor(self) -> Redactor:
+        """Redacts this step's secrets (and key-like assignments) from text."""
+        return Redactor(self.secrets)
+
+    def timeout_error(self) -> StepTimeoutError:
+        """The error of a step stopped at its timeout."""
+        return StepTimeoutError(
+            f"Step '{self.step}' exceeded its {self.timeout_seconds:g} s timeout and was stopped; "
+            "nothing was published. If it needs longer, raise timeout_seconds on the step (or "
+            "default_timeout_seconds on its compute target)."
+        )
+
+    def failure(self, how: str, detail: str = "") -> StepFailedError:
+        """The error of a script that failed (with the step's secrets redacted)."""
+        return StepFailedError(
+            self.redactor()(
+                f"Step '{self.step}' failed: script {self.script_label} {how}. Nothing was "
+                "published." + detail
+            )
+        )
+
+
+def amlrun_root() -> str:
+    """The folder holding the ``amlrun`` package, for a script process's PYTHONPATH."""
+    import amlrun
+
+    return str(Path(amlrun.__file__).resolve().parent.parent)
+
+
+def launcher_path() -> str:
+    """The script-process launcher (``amlrun/launch.py``)."""
+    return str(Path(amlrun_root()) / "amlrun" / "launch.py")
+
+
+def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any]:
+    """Run the script as a process on ``cluster`` under Dagster Pipes; returns its metrics.
+
+    The process gets no datastore credential (unless the step asks for them), sees the saved
+    data it reads in place read-only, and everything it prints or reports is redacted.
+    """
+    from dagster import PipesTempFileContextInjector, open_pipes_session
+
+    redact = launch.redactor()
+    launch, protect_env = _protect_inputs(launch)
+    ctx_file = launch.workdir / "run-context.json"
+    ctx_file.write_text(json.dumps(launch.context))
+    python = launch.python or sys.executable
+    # The launcher is run by path with -S, not with -m: its supervisor forks before site-packages
+    # and the amlrun package are set up, so the fork copies (almost) nothing.
+    command = [python, "-S", launcher_path(), str(launch.script), *launch.arguments]
+    metrics: dict[str, Any] = {}
+    with open_pipes_session(
+        context=launch.dagster_context,
+        context_injector=PipesTempFileContextInjector(),
+        message_reader=_redacting_message_reader(redact),
+    ) as session:
+        env = {
+            **os.environ,
+            **session.get_bootstrap_env_vars(),
+            CONTEXT_ENV: str(ctx_file),
+            "PYTHONUNBUFFERED": "1",
+            # The launcher puts the script's folder (then the source directory) on sys.path
+            # itself, after its own imports, so a script named like a stdlib module (copy.py)
+            # cannot break the launcher.
+            "PYTHONSAFEPATH": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (amlrun_root(), os.environ.get("PYTHONPATH")) if p),
+            "AML_SOURCE_DIRECTORY": str(launch.source_directory),
+        }
+        env = {**step_env(env, launch.secrets, launch.datastore_credentials), **protect_env}
+        proc = cluster.start(command, env, launch.source_directory)
+        code, stderr_tail = wait_streaming(proc, launch.timeout_seconds, redact)
+    for message in session.get_custom_messages():
+        if isinstance(message, dict) and "aml_metric" in message:
+            name, value = message["aml_metric"]
+            metrics[redact(str(name))] = redact.value(value)
+    if code is None:
+        raise launch.timeout_error()
+    if code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        tail = "\n".join(stderr_tail) or "(no output on stderr)"
+        raise launch.failure(how, f"\n--- last lines of stderr ---\n{tail}")
+    return metrics
+
+
+def _protect_inputs(launch: StepLaunch) -> tuple[StepLaunch, dict[str, str]]:
+    """Keep the saved data a script process reads in place from being changed by it.
+
+    Where the process can get a read-only view (a mount namespace), returns the environment that
+    asks the launcher for it. Otherwise a root process (which permission bits do not stop) gets
+    private copies, swapped into its arguments and run context; a non-root one is refused writes
+    by the read-only permission bits of published data.
+    """
+    paths = [p for p in dict.fromkeys(launch.readonly_paths) if os.path.exists(p)]
+    if not paths:
+        return launch, {}
+    if isolation.can_isolate():
+        return launch, {isolation.READONLY_ENV: json.dumps(paths)}
+    if not isolation.needs_copies():
+        return launch, {}
+    copies = isolation.private_copies(paths, launch.workdir / "readonly-copies")
+    if launch.log is not None:
+        launch.log.info(
+            f"Step '{launch.step}': saved inputs read in place are given as private copies "
+            "(this process cannot give the script a read-only view of them)."
+        )
+    context = json.loads(json.dumps(launch.context))
+    for handle in context.get("inputs", {}).values():
+        if isinstance(handle, dict) and handle.get("path") in copies:
+            handle["path"] = copies[handle["path"]]
+    arguments = [copies.get(arg, arg) for arg in launch.arguments]
+    return dataclasses.replace(launch, arguments=arguments, context=context, readonly_paths=[]), {}
+
+
+_READER_CLASS: Any = None
+
+
+def _redacting_message_reader(redact: Redactor) -> Any:
+    """A Pipes message reader (temp file) that redacts every message before Dagster sees it:
+    logs, metrics, materialization metadata and reported exceptions alike."""
+    global _READER_CLASS
+    if _READER_CLASS is None:
+        from dagster import PipesTempFileMessageReader
+
+        class _RedactingMessageReader(PipesTempFileMessageReader):
+            def __init__(self, redact: Redactor):
+                super().__init__()
+                self._redact = redact
+
+            @contextlib.contextmanager
+            def read_messages(self, handler: Any):
+                with super().read_messages(_RedactingHandler(handler, self._redact)) as params:
+                    yield params
+
+        _READER_CLASS = _RedactingMessageReader
+    return _READER_CLASS(redact)
+
+
+class _RedactingHandler:
+    """Passes Pipes messages on to Dagster's handler, redacted."""
+
+    def __init__(self, handler: Any, redact: Redactor):
+        self._handler, self._redact = handler, redact
+
+    def handle_message(self, message: Any) -> None:
+        self._handler.handle_message(self._redact.value(message))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+
+def run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]:
+    """Run a Spark step's script in this process against the pool's session; returns metrics."""
+    metrics: dict[str, Any] = {}
+    run = Run.from_dict(launch.context, sink=metrics.__setitem__)
+    source = str(launch.source_directory)
+    before = set(sys.modules)
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [str(launch.script), *launch.arguments]
+    # The same search path a script process gets: its own folder, then the source directory.
+    for entry in reversed(list(dict.fromkeys([str(launch.script.parent), source]))):
+        sys.path.insert(0, entry)
+    watchdog = _Watchdog(launch.timeout_seconds, _cancel_spark)
+    # The script runs in this process: it cannot be given a read-only view of its inputs, so
+    # whether it changed them is checked after it.
+    inputs_before = isolation.snapshot(launch.readonly_paths)
+    try:
+        with pool.step_session(launch.log, launch.spark_conf, launch.step) as session, watchdog.on(
+            session
+        ), in_process_run(run), pool.script_environment(), _contained(launch):
+            runpy.run_path(str(launch.script), run_name="__main__")
+    except StepTimeoutError:
+        raise launch.timeout_error() from None
+    except ComputeTargetError:
+        raise  # the pool could not give the step its settings: said before the script ran
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise launch.failure(f"exited with code {exc.code}") from None
+    except Exception as exc:
+        if watchdog.fired:
+            raise launch.timeout_error() from None
+        # Redacted, and without the exception's chain: Dagster records an error's causes.
+        raise launch.failure(f"raised {type(exc).__name__}: {exc}", _traceback_text(exc)) from None
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+        # Helper modules of the source directory must be re-imported next time, or an edit to
+        # them would be hashed (and rerun) but not executed.
+        for name in set(sys.modules) - before:
+            module_file = getattr(sys.modules[name], "__file__", None) or ""
+            if module_file.startswith(source):
+                del sys.modules[name]
+    _check_inputs_unchanged(launch, inputs_before)
+    return launch.redactor().value(metrics)
+
+
+@contextlib.contextmanager
+def _contained(launch: StepLaunch):
+    """While an in-process script runs: no credentials in ``os.environ`` (unless the step asks
+    for them), and its output redacted."""
+    with scrubbed_environ(launch.secrets, launch.datastore_credentials), redacted_stdio(
+        launch.redactor()
+    ):
+        yield
+
+
+def _traceback_text(exc: BaseException, limit: int = 4000) -> str:
+    """The script's traceback, as text for the failure message (redacted with it)."""
+    import traceback
+
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"\n--- traceback ---\n{text[-limit:].rstrip()}"
+
+
+def _check_inputs_unchanged(launch: StepLaunch, before: isolation.Snapshot) -> None:
+    """Fail the step when its script changed saved data it read in place."""
+    changed = isolation.changes(before)
+    if not changed:
+        return
+    names = isolation.input_names(changed, launch.context.get("inputs", {}))
+    path, what = next(iter(changed.items()))
+    more = f" ({len(what)} changes: {', '.join(what[:5])}{', ...' if len(what) > 5 else ''})"
+    raise launch.failure(
+        f"modified its input '{names[path]}' at {path}{more}; saved data must not be changed: "
+        "write to an output instead"
+    )
+
+
+def _cancel_spark(session: Any) -> None:
+    """Stop whatever Spark work a timed-out step has running."""
+    try:
+        if hasattr(session, "interruptAll"):  # Spark Connect
+            session.interruptAll()
+        else:
+            session.sparkContext.cancelAllJobs()
+    except Exception:  # noqa: BLE001 - best effort: the step is being stopped anyway
+        pass
+
+
+class _Watchdog:
+    """Stops an in-process step at its timeout: cancels its Spark jobs, then raises
+    ``StepTimeoutError`` in the step's thread (a Python loop cannot be stopped otherwise)."""
+
+    def __init__(self, timeout: float | None, cancel: Any):
+        self.timeout, self.cancel, self.fired = timeout, cancel, False
+        self._timer: threading.Timer | None = None
+        self._thread_id = threading.get_ident()
+        self._session: Any = None
+
+    def on(self, session: Any) -> _Watchdog:
+        """Watch a step that runs on ``session`` (its Spark jobs are cancelled at the timeout)."""
+        self._session = session
+        return self
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.cancel(self._session)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(self._thread_id), ctypes.py_object(StepTimeoutError)
+        )
+
+    def __enter__(self) -> _Watchdog:
+        if self.timeout:
+            self._timer = threading.Timer(self.timeout, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _pump(stream, sink, tail: collections.deque | None, redact: Redactor | None = None) -> None:
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", errors="replace")
+        if redact is not None:
+            line = redact(line)
+        sink.write(line)
+        sink.flush()
+        if tail is not None:
+            tail.append(line.rstrip("\n"))
+    stream.close()
+
+
+def wait_streaming(
+    proc: subprocess.Popen[bytes], timeout: float | None = None, redact: Redactor | None = None
+) -> tuple[int | None, list[str]]:
+    """Forward a process's stdout/stderr to ours (Dagster captures them per step) and wait.
+
+    Returns (exit code, last lines of stderr); the exit code is None when the process ran past
+    ``timeout`` seconds and was killed with everything it started. Every line is passed through
+    ``redact`` first. Whatever the process left running in its group is killed when it ends.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+    pumps = [
+        threading.Thread(target=_pump, args=(proc.stdout, sys.stdout, None, redact), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, sys.stderr, tail, redact), daemon=True),
+    ]
+    for t in pumps:
+        t.start()
+    code: int | None
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        code = None
+    except BaseException:
+        # The run was terminated: take the script and everything it started down with it.
+        kill_group(proc)
+        raise
+    _kill_stragglers(proc)
+    deadline = time.monotonic() + 10
+    for t in pumps:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    return code, list(tail)
+
+
+def _kill_stragglers(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of an ended step's process group (no step process outlives it)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace_seconds: float = 10) -> None:
+    """Stop a step's process group: SIGTERM, then SIGKILL to whatever is left of the group
+    (a child the script started may outlive the script itself)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    _kill_stragglers(proc)
+    proc.wait()

@@ -1,0 +1,213 @@
+"""Secrets stay out of step processes and out of everything Dagster records.
+
+A step's script gets no datastore credential unless its step sets ``datastore_credentials=True``:
+``step_env`` drops every variable whose value holds a known secret, and the well-known Azure
+credential variables. Whatever a step prints, reports or raises is passed through a
+``Redactor`` before Dagster stores it (compute logs, the event log, failure messages, metrics).
+
+The op (``pipeline/assets.py``) knows the datastores a step can reach; it opens a
+``step_secrets`` scope around the step's execution, and the step's ``StepLaunch`` takes its
+``secrets`` and ``datastore_credentials`` from that scope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+REDACTED = "***"
+
+#: Environment variables that hold a credential, whatever their value.
+CREDENTIAL_VARIABLES = frozenset(
+    {
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "AZURE_STORAGE_KEY",
+        "AZURE_STORAGE_ACCESS_KEY",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+        "AZURE_PASSWORD",
+        "AZURE_FEDERATED_TOKEN",
+        "AZUREML_RUN_TOKEN",
+    }
+)
+# A key-like assignment from any source (an account key in a connection string, a SAS token's sig).
+_PATTERN = re.compile(
+    r"(?i)\b(AccountKey|SharedAccessSignature|sig)=[^;&\s'\"]+"
+)
+# Values shorter than this are not treated as secrets (they would redact ordinary words).
+_MIN_SECRET = 8
+
+
+def collect_secrets(resources: Iterable[Any]) -> list[str]:
+    """The secret values of every resource that has some (a datastore's ``_secrets()``), plus
+    those of the well-known credential variables set in this process's environment."""
+    values: set[str] = set()
+    for resource in resources:
+        getter = getattr(resource, "_secrets", None)
+        if getter is None:
+            continue
+        try:
+            values.update(v for v in getter() if v)
+        except Exception:  # noqa: BLE001 - an unset credential variable: nothing to hide
+            pass
+    values.update(v for k, v in os.environ.items() if k in CREDENTIAL_VARIABLES and v)
+    # The key (or SAS) inside a connection string is a secret on its own too.
+    for value in list(values):
+        for match in _PATTERN.finditer(value):
+            values.add(match.group(0).split("=", 1)[1])
+    return sorted((v for v in values if len(v) >= _MIN_SECRET), key=len, reverse=True)
+
+
+class Redactor:
+    """Replaces known secret values, and key-like assignments, by ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        self.secrets = sorted(
+            {s for s in secrets if s and len(s) >= _MIN_SECRET}, key=len, reverse=True
+        )
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        if "=" in text:
+            text = _PATTERN.sub(rf"\1={REDACTED}", text)
+        return text
+
+    def value(self, value: Any) -> Any:
+        """``value`` with every string in it (nested in lists and dicts) redacted."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, Mapping):
+            return {k: self.value(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.value(v) for v in value)
+        return value
+
+
+def holds_secret(value: str, secrets: Iterable[str]) -> bool:
+    """Whether ``value`` contains one of ``secrets`` or a key-like assignment."""
+    return any(s in value for s in secrets) or bool(_PATTERN.search(value))
+
+
+def step_env(env: Mapping[str, str], secrets: Iterable[str], credentials: bool) -> dict[str, str]:
+    """The environment of a step process: without credentials unless ``credentials``."""
+    if credentials:
+        return dict(env)
+    secrets = list(secrets)
+    return {
+        k: v
+        for k, v in env.items()
+        if k not in CREDENTIAL_VARIABLES and not holds_secret(v, secrets)
+    }
+
+
+@contextlib.contextmanager
+def scrubbed_environ(secrets: Iterable[str], credentials: bool) -> Iterator[None]:
+    """``os.environ`` without credentials for a block (an in-process script), then restored."""
+    if credentials:
+        yield
+        return
+    kept = step_env(os.environ, secrets, credentials=False)
+    removed = {k: v for k, v in os.environ.items() if k not in kept}
+    for name in removed:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        for name, value in removed.items():
+            os.environ[name] = value
+
+
+class RedactingWriter:
+    """A text stream that redacts whole lines before they reach ``stream``."""
+
+    def __init__(self, stream: TextIO, redact: Redactor):
+        self._stream, self._redact, self._pending = stream, redact, ""
+
+    def write(self, text: str) -> int:
+        data = self._pending + text
+        head, sep, self._pending = data.rpartition("\n")
+        if sep:
+            self._stream.write(self._redact(head + sep))
+        if len(self._pending) > 65536:  # a very long line without newline: let it through
+            self.flush()
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, ""
+            self._stream.write(self._redact(pending))
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_stdio(redact: Redactor) -> Iterator[None]:
+    """``sys.stdout``/``sys.stderr`` redacted for a block (an in-process script's output)."""
+    import sys
+
+    saved = sys.stdout, sys.stderr
+    out, err = RedactingWriter(saved[0], redact), RedactingWriter(saved[1], redact)
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        for stream in (out, err):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stdout, sys.stderr = saved
+
+
+# --- the secrets of the step being run -----------------------------------------------------------
+@dataclass(frozen=True)
+class StepSecrets:
+    """What the op knows about credentials for the step it runs."""
+
+    values: tuple[str, ...] = ()
+    datastore_credentials: bool = False
+
+
+_current: contextvars.ContextVar[StepSecrets | None] = contextvars.ContextVar(
+    "aml_step_secrets", default=None
+)
+
+
+@contextlib.contextmanager
+def step_secrets(values: Iterable[str], datastore_credentials: bool) -> Iterator[StepSecrets]:
+    """Make ``values`` the secrets of the step executed in this block."""
+    scope = StepSecrets(tuple(values), bool(datastore_credentials))
+    token = _current.set(scope)
+    try:
+        yield scope
+    finally:
+        _current.reset(token)
+
+
+def current_secrets() -> list[str]:
+    """The secrets of the step being run (and of the well-known credential variables)."""
+    scope = _current.get()
+    return collect_secrets([]) if scope is None else sorted(
+        set(scope.values) | set(collect_secrets([])), key=len, reverse=True
+    )
+
+
+def current_datastore_credentials() -> bool:
+    """Whether the step being run may see datastore credentials."""
+    scope = _current.get()
+    return bool(scope and scope.datastore_credentials)

@@ -1,0 +1,140 @@
+"""Where aml-assets keeps its records on a datastore: every path is built here, nowhere else.
+
+```
+steps/<step>/<fingerprint>/<attempt>/<output>/   a published output (read-only, never modified)
+steps/<step>/<fingerprint>/commits/<t>-<attempt>.json   what makes an attempt reusable
+steps/<step>/runs/<t>-<run_id>.json              what one run of the step decided, and how it ended
+steps/<step>/latest-run.json                     pointer to the newest run record (O(1) decisions)
+datasets/<name>/versions/<NNNNNN>.json           a registered version (created once, never rewritten)
+datasets/<name>/tombstones/<NNNNNN>.json         a deleted version: its number is never reused
+_refs/<asset>/<run_id>.json, latest.json         the dataset reference each run handed downstream
+_stats/<content_hash>.json                       cached table statistics (disposable)
+_tmp/                                            scratch of running steps (gc removes leftovers)
+```
+
+The ledger, the registry, the IO manager and gc all use these helpers, so the layout is written
+down once and a reader can find every record from this page.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+STEPS = "steps"
+DATASETS = "datasets"
+REFS = "_refs"
+STATS = "_stats"
+TMP = "_tmp"
+
+#: Prefixes holding records only aml-assets writes: the public Datastore write and delete
+#: methods refuse them, so registry records and published outputs cannot be rewritten by hand.
+PROTECTED_PREFIXES = (STEPS, DATASETS)
+
+_VERSION_WIDTH = 6  # zero-padded, so a listing sorts by version
+
+
+def step_dir(step: str) -> str:
+    """Everything one step has on the datastore."""
+    return f"{STEPS}/{step}"
+
+
+def fingerprint_dir(step: str, fingerprint: str) -> str:
+    """The attempts and commits of one fingerprint of a step."""
+    return f"{STEPS}/{step}/{fingerprint}"
+
+
+def attempt_dir(step: str, fingerprint: str, attempt: str) -> str:
+    """One attempt's published outputs."""
+    return f"{STEPS}/{step}/{fingerprint}/{attempt}"
+
+
+def output_path(step: str, fingerprint: str, attempt: str, output: str) -> str:
+    """Where an attempt publishes one output."""
+    return f"{attempt_dir(step, fingerprint, attempt)}/{output}"
+
+
+def attempt_of(published_path: str) -> str:
+    """The attempt name in a published output's path (``steps/<step>/<fp>/<attempt>/<output>``)."""
+    return PurePosixPath(published_path).parts[3]
+
+
+def commits_dir(step: str, fingerprint: str) -> str:
+    """The commit records of one fingerprint of a step."""
+    return f"{fingerprint_dir(step, fingerprint)}/commits"
+
+
+def commit_record(step: str, fingerprint: str, stamp_ns: int, attempt: str) -> str:
+    """A commit record; names sort by time."""
+    return f"{commits_dir(step, fingerprint)}/{stamp_ns:020d}-{attempt}.json"
+
+
+def runs_dir(step: str) -> str:
+    """The run records of a step."""
+    return f"{STEPS}/{step}/runs"
+
+
+def run_record(step: str, stamp_ns: int, run_id: str) -> str:
+    """One run's record; names sort by the run's start."""
+    return f"{runs_dir(step)}/{stamp_ns:020d}-{run_id}.json"
+
+
+def run_id_of_record(name: str) -> str:
+    """The run id in a run record's file name."""
+    return name.removesuffix(".json").split("-", 1)[-1]
+
+
+def latest_run_pointer(step: str) -> str:
+    """The pointer to a step's newest run record."""
+    return f"{STEPS}/{step}/latest-run.json"
+
+
+def versions_dir(dataset: str) -> str:
+    """The version records of a registered dataset."""
+    return f"{DATASETS}/{dataset}/versions"
+
+
+def version_record(dataset: str, version: int) -> str:
+    """One registered version's record."""
+    return f"{versions_dir(dataset)}/{version:0{_VERSION_WIDTH}d}.json"
+
+
+def tombstones_dir(dataset: str) -> str:
+    """Records of deleted versions, so their numbers are never given out again."""
+    return f"{DATASETS}/{dataset}/tombstones"
+
+
+def tombstone_record(dataset: str, version: int) -> str:
+    """The tombstone of one deleted version."""
+    return f"{tombstones_dir(dataset)}/{version:0{_VERSION_WIDTH}d}.json"
+
+
+def version_of_record(name: str) -> int | None:
+    """The version number in a version (or tombstone) record's file name, None if not one."""
+    stem = name.removesuffix(".json")
+    return int(stem) if name.endswith(".json") and stem.isdigit() else None
+
+
+def refs_dir(asset: str) -> str:
+    """The per-run dataset references of an asset."""
+    return f"{REFS}/{asset}"
+
+
+def run_ref(asset: str, run_id: str) -> str:
+    """The reference an asset's materialization in one run handed downstream."""
+    return f"{REFS}/{asset}/{run_id}.json"
+
+
+def latest_ref(asset: str) -> str:
+    """The newest reference of an asset."""
+    return f"{REFS}/{asset}/latest.json"
+
+
+def stats_record(content_hash: str) -> str:
+    """Cached statistics of a table with this content."""
+    return f"{STATS}/{content_hash}.json"
+
+
+def is_protected(rel: str) -> bool:
+    """Whether a datastore-relative path holds records only aml-assets may write or delete."""
+    first = PurePosixPath(rel).parts[0] if rel else ""
+    return first in PROTECTED_PREFIXES

@@ -1,0 +1,247 @@
+"""A validated pipeline as Dagster definitions: one asset per source dataset, one multi-asset per
+step (its outputs), checks on them, and the pipeline's job."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from dagster import (
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    AssetsDefinition,
+    BetaWarning,
+    DataVersion,
+    Definitions,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableSchema,
+    asset,
+    define_asset_job,
+    in_process_executor,
+    multi_asset,
+    multiprocess_executor,
+)
+
+from aml_assets.compute.cluster import COMPUTE_TAG, CpuCluster
+from aml_assets.data.checks import check_specs, needs_history, run_checks
+from aml_assets.data.datasets import DatasetRef, SourceDataset
+from aml_assets.data.datastore import Datastore, open_stat_cache
+from aml_assets.data.io_manager import REGISTERED_KEY, DatastoreIOManager
+from aml_assets.data.registry import DatasetRegistry
+from aml_assets.data.sources import materialize_source
+from aml_assets.errors import DatasetCheckFailedError, DatasetError
+from aml_assets.pipeline.execution import StepExecution, StepResult
+from aml_assets.reuse.records import PublishedOutput
+
+if TYPE_CHECKING:
+    from aml_assets.pipeline.definition import Pipeline
+    from aml_assets.pipeline.steps import Step
+
+IO_MANAGER_KEY = "aml_io"
+RUN_SETTINGS_KEY = "pipeline"
+REGENERATE_TAG = "aml/regenerate_outputs"
+
+
+def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel: bool) -> Definitions:
+    """The assets, checks, job and resources of a (validated) pipeline."""
+    assets: list[AssetsDefinition] = [
+        _source_asset(ds) for ds in pipeline.source_datasets()
+    ] + [_step_asset(pipeline, step) for step in pipeline.steps]
+    job = define_asset_job(
+        pipeline.name,
+        selection=[k for a in assets for k in a.keys],
+        description=pipeline.description,
+        executor_def=_parallel_executor(resources) if parallel else in_process_executor,
+    )
+    return Definitions(
+        assets=assets,
+        jobs=[job],
+        resources={
+            **resources,
+            IO_MANAGER_KEY: DatastoreIOManager(datastore=resources[pipeline.datastore]),
+            RUN_SETTINGS_KEY: pipeline.settings_resource(),
+        },
+    )
+
+
+def _parallel_executor(resources: Mapping[str, Any]):
+    """The multiprocess executor, limited per CPU cluster to its ``max_concurrent_steps``."""
+    limits = [
+        {"key": COMPUTE_TAG, "value": key, "limit": r.max_concurrent_steps}
+        for key, r in resources.items()
+        if isinstance(r, CpuCluster)
+    ]
+    return multiprocess_executor.configured({"tag_concurrency_limits": limits} if limits else {})
+
+
+def _output(ref: DatasetRef, name: str | None, metadata: dict[str, Any]) -> Output:
+    """An Output whose Dagster data version is the content hash, so staleness agrees with reuse."""
+    with warnings.catch_warnings():
+        # data_version on Output is marked beta; it is exactly the API Dagster's staleness uses.
+        warnings.simplefilter("ignore", BetaWarning)
+        return Output(
+            ref,
+            output_name=name or "result",
+            data_version=DataVersion(ref.content_hash),
+            metadata=metadata,
+        )
+
+
+def _check_failure(failures: Mapping[str, list[str]]) -> DatasetCheckFailedError | None:
+    """The error to fail a step with when a blocking check failed (None if none did)."""
+    failed = {name: f for name, f in failures.items() if f}
+    if not failed:
+        return None
+    detail = "; ".join(f"'{name}' failed {', '.join(f)}" for name, f in failed.items())
+    return DatasetCheckFailedError(
+        f"Blocking check(s) failed: {detail}. The dataset was not registered and downstream "
+        "steps do not run; fix the data or the step, or declare the check with blocking=False."
+    )
+
+
+def _run_checks(dataset: str, checks: list, ref: DatasetRef, store: Datastore):
+    previous = (
+        DatasetRegistry(store).columns_before(dataset, ref.content_hash) if needs_history(checks) else None
+    )
+    return run_checks(dataset, checks, ref, store, previous)
+
+
+def _source_asset(ds: SourceDataset) -> AssetsDefinition:
+    @asset(
+        name=ds.name,
+        description=ds.description or f"Source dataset at '{ds.path}' on datastore '{ds.datastore}'",
+        io_manager_key=IO_MANAGER_KEY,
+        required_resource_keys={ds.datastore},
+        kinds={"dataset", ds.format if ds.format != "files" else "file"},
+        group_name="datasets",
+        check_specs=check_specs(ds.name, ds.checks),
+    )
+    def _source(context):
+        store: Datastore = getattr(context.resources, ds.datastore)
+        ref, metadata = materialize_source(ds, ds.datastore, store, context.log)
+        results, failures = _run_checks(ds.name, ds.checks, ref, store) if ds.checks else ([], [])
+        if error := _check_failure({ds.name: failures}):
+            yield from results  # reported first, so the failed checks show in the UI
+            raise error
+        yield _output(ref, None, metadata)
+        yield from results
+
+    return _source
+
+
+def _output_metadata(ref: DatasetRef, result: StepResult, published: PublishedOutput) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "fingerprint": MetadataValue.text(result.fingerprint),
+        "reused": MetadataValue.bool(result.reused),
+        "content_hash": MetadataValue.text(ref.content_hash),
+        "uri": MetadataValue.url(ref.uri) if not ref.uri.startswith("file:") else MetadataValue.path(ref.uri.removeprefix("file://")),
+        "file_count": MetadataValue.int(ref.file_count),
+        "byte_count": MetadataValue.int(ref.byte_count),
+        "lineage": MetadataValue.json(
+            {"run_id": (ref.producer or {}).get("run_id"), "step": (ref.producer or {}).get("step"),
+             "fingerprint": result.fingerprint, "inputs": ref.input_versions}
+        ),
+    }
+    if result.reused:
+        meta["reused_from_run"] = MetadataValue.text(result.reused_from_run or "")
+    else:
+        meta["runs_because"] = MetadataValue.text("; ".join(result.reasons))
+    stats = published.stats
+    if stats:
+        meta["dagster/row_count"] = MetadataValue.int(stats["row_count"])
+        meta["dagster/column_schema"] = MetadataValue.table_schema(
+            TableSchema(columns=[TableColumn(name=n, type=t) for n, t in stats["columns"]])
+        )
+        meta["preview"] = MetadataValue.md(stats["preview"])
+    for name, value in result.metrics.items():
+        if isinstance(value, bool):
+            meta[name] = MetadataValue.bool(value)
+        elif isinstance(value, int):
+            meta[name] = MetadataValue.int(value)
+        elif isinstance(value, float):
+            meta[name] = MetadataValue.float(value)
+        else:
+            meta[name] = MetadataValue.text(str(value))
+    return meta
+
+
+def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
+    inputs = {i.dataset.name: i.dataset for i in step.all_inputs()}
+    outs = {
+        o.name: AssetOut(
+            io_manager_key=IO_MANAGER_KEY,
+            description=o.description,
+            metadata={
+                REGISTERED_KEY: o.registered,
+                "aml/description": o.description or "",
+                "aml/tags": json.dumps(o.tags),
+            },
+            kinds={"dataset", o.format if o.format != "files" else "file"},
+            group_name=pipeline.name,
+        )
+        for o in step.all_outputs()
+    }
+    stores = {pipeline.datastore} | {
+        d.datastore for d in inputs.values() if isinstance(d, SourceDataset)
+    }
+
+    @multi_asset(
+        name=step.name,
+        outs=outs,
+        check_specs=[spec for o in step.all_outputs() for spec in check_specs(o.name, o.checks)],
+        ins={name: AssetIn(key=AssetKey(name)) for name in inputs},
+        required_resource_keys={step.compute_target, RUN_SETTINGS_KEY, *stores},
+        op_tags={COMPUTE_TAG: step.compute_target},
+        description=step.description or f"{step.kind} step running {step.script}",
+    )
+    def _step(context, **refs):
+        from aml_assets.compute.secrets import collect_secrets, step_secrets
+        from aml_assets.pipeline.orphans import watch_run
+
+        watch_run(context)  # tag this run with its process; fail runs whose process is gone
+        settings = getattr(context.resources, RUN_SETTINGS_KEY)
+        regenerate = settings.regenerate_outputs or (
+            context.run.tags.get(REGENERATE_TAG, "").lower() in ("1", "true", "yes")
+        )
+        for name, ref in refs.items():
+            if not isinstance(ref, DatasetRef):
+                raise DatasetError(f"Input '{name}' of step '{step.name}' is not a dataset reference.")
+        execution = StepExecution(
+            step=step,
+            run_id=context.run_id,
+            log=context.log,
+            datastore=getattr(context.resources, pipeline.datastore),
+            datastore_key=pipeline.datastore,
+            input_refs=dict(refs),
+            input_stores={k: getattr(context.resources, k) for k in stores},
+            parameter_values={p.name: getattr(settings, p.name) for p in step.parameters()},
+            regenerate=regenerate,
+            compute=getattr(context.resources, step.compute_target),
+            stat_cache=open_stat_cache(),
+            dagster_context=context,
+        )
+        secrets = collect_secrets(getattr(context.resources, k) for k in stores)
+        try:
+            with step_secrets(secrets, step.datastore_credentials):
+                result = execution.execute()
+        finally:
+            execution.stat_cache.close()
+        workspace = getattr(context.resources, pipeline.datastore)
+        results, failures = [], {}
+        for out in step.all_outputs():
+            if out.checks:
+                found, failures[out.name] = _run_checks(out.name, out.checks, result.refs[out.name], workspace)
+                results += found
+        if error := _check_failure(failures):
+            yield from results  # reported first, so the failed checks show in the UI
+            raise error
+        for name, ref in result.refs.items():
+            yield _output(ref, name, _output_metadata(ref, result, result.outputs[name]))
+        yield from results
+
+    return _step

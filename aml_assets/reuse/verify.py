@@ -1,0 +1,229 @@
+"""Is saved data still what was saved? Re-check published outputs against their records.
+
+Nothing is reused or registered on the strength of a file merely existing: before a committed
+output is reused, every file is checked against the record made when it was published (like
+Bazel serving cache entries by verified digest). On a local store the stat cache makes this a
+``stat`` per file when nothing changed; on blob storage the listing's size and stored MD5 (or
+ETag) are compared, without downloading anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aml_assets.data.content import ManifestEntry, StatCache, hash_file, walk_files
+from aml_assets.data.datastore import Datastore
+from aml_assets.errors import DatastoreError
+from aml_assets.reuse.records import FileRecord, PublishedOutput
+
+
+def file_records(entries: Sequence[ManifestEntry]) -> tuple[FileRecord, ...]:
+    """Integrity records of an output's files, from the manifest made before it is published."""
+    return tuple(FileRecord(file=e.file or e.path, size=e.size, raw=e.raw or e.digest) for e in entries)
+
+
+def with_stored_digests(store: Datastore, rel: str, files: Sequence[FileRecord]) -> tuple[FileRecord, ...]:
+    """Add what a remote store records for each published object (MD5 or ETag)."""
+    if store.local_path(rel) is not None:
+        return tuple(files)
+    stored = {e.path: e.digest for e in store.manifest(rel)}
+    return tuple(
+        FileRecord(f.file, f.size, f.raw, stored.get(f.file, "")) for f in files
+    )
+
+
+def check_output(
+    store: Datastore, output: PublishedOutput, cache: StatCache | None = None
+) -> tuple[bool, list[str]]:
+    """(present, problems) of one published output: present is False when it was deleted."""
+    if not output.files:
+        # Written before integrity records existed: only presence can be checked.
+        return store.exists(output.path), []
+    local = store.local_path(output.path)
+    if local is not None:
+        if not local.exists():
+            return False, []
+        return True, _check_local(local, output, cache)
+    try:
+        listed = {e.path: e for e in store.manifest(output.path)}
+    except DatastoreError:
+        return False, []
+    return True, _check_listing(store, output, listed)
+
+
+def _check_local(root: Path, output: PublishedOutput, cache: StatCache | None) -> list[str]:
+    problems = []
+    expected = {f.file: f for f in output.files}
+    for f in output.files:
+        path = root / f.file
+        where = f"{output.path}/{f.file}"
+        if not path.is_file():
+            problems.append(f"{where} is missing")
+            continue
+        size = path.stat().st_size
+        if size != f.size:
+            problems.append(f"{where} has {size} bytes, {f.size} were published")
+        elif hash_file(path, cache) != f.raw:
+            problems.append(f"{where} changed since it was published (its BLAKE3 differs)")
+    if root.is_dir():
+        for rel, _ in walk_files(root):
+            if rel not in expected and _is_data_file(rel):
+                problems.append(f"{output.path}/{rel} was added after publishing")
+    return problems
+
+
+def _is_data_file(rel: str) -> bool:
+    from aml_assets.data.content import normalize_data_path
+
+    return normalize_data_path(rel) is not None
+
+
+def _check_listing(store: Datastore, output: PublishedOutput, listed: dict) -> list[str]:
+    problems = []
+    for f in output.files:
+        where = f"{store.uri(output.path)}/{f.file}"
+        entry = listed.get(f.file)
+        if entry is None:
+            problems.append(f"{where} is missing")
+        elif entry.size != f.size:
+            problems.append(f"{where} has {entry.size} bytes, {f.size} were published")
+        elif f.stored and entry.digest != f.stored:
+            problems.append(f"{where} changed since it was published ({entry.digest} != {f.stored})")
+    names = {f.file for f in output.files}
+    problems += [
+        f"{store.uri(output.path)}/{name} was added after publishing"
+        for name in listed
+        if name not in names and _is_data_file(name)
+    ]
+    return problems
+
+
+# --- verifying a whole datastore (aml-assets verify) ------------------------------------------
+@dataclass
+class VerifyProblem:
+    """Stored data that no longer matches its record, and which records point at it."""
+
+    path: str
+    why: list[str]
+    used_by: list[str] = field(default_factory=list)
+    missing: bool = False
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_store`` checked and found (like ``nix-store --verify --check-contents``)."""
+
+    commits: int = 0
+    outputs: int = 0
+    versions: int = 0
+    problems: list[VerifyProblem] = field(default_factory=list)
+    #: Records that cannot be read at all (a commit or a version record), with the reason.
+    unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def corrupt(self) -> list[VerifyProblem]:
+        """Outputs whose files changed, vanished, or were added to."""
+        return [p for p in self.problems if not p.missing]
+
+    @property
+    def missing(self) -> list[VerifyProblem]:
+        """Outputs whose data is gone entirely."""
+        return [p for p in self.problems if p.missing]
+
+    @property
+    def ok(self) -> bool:
+        """Whether everything checked still matches its record."""
+        return not self.problems and not self.unreadable
+
+    def summary(self) -> str:
+        """One line with the counts."""
+        return (
+            f"Checked {self.outputs} step output(s) of {self.commits} commit(s) and "
+            f"{self.versions} registered version(s): {len(self.corrupt)} corrupt, "
+            f"{len(self.missing)} missing, {len(self.unreadable)} unreadable record(s)."
+        )
+
+
+def _as_output(ref: Any) -> PublishedOutput:
+    """A registered version's content reference in the form ``check_output`` checks."""
+    return PublishedOutput(
+        path=ref.path,
+        content_hash=ref.content_hash,
+        file_count=ref.file_count,
+        byte_count=ref.byte_count,
+        files=tuple(FileRecord(**f) for f in ref.files),
+    )
+
+
+def verify_store(
+    store: Datastore, dataset: str | None = None, cache: StatCache | None = None
+) -> VerifyReport:
+    """Re-check every committed step output and every registered version against its record.
+
+    With ``dataset``, only that dataset's registered versions are checked. On a local store the
+    stat cache (``open_stat_cache()`` unless one is given) makes an unchanged file cost a stat;
+    on blob storage the listing's sizes and stored MD5/ETags are compared. Each stored output is
+    checked once, however many records point at it.
+    """
+    from aml_assets.data import layout
+    from aml_assets.data.datastore import open_stat_cache
+    from aml_assets.data.registry import DatasetRegistry
+    from aml_assets.reuse.ledger import StepLedger
+
+    own_cache = cache is None and store.local_path(layout.STEPS) is not None
+    if own_cache:
+        cache = open_stat_cache()
+    report = VerifyReport()
+    seen: dict[tuple[str, tuple[FileRecord, ...]], VerifyProblem | None] = {}
+
+    def check(output: PublishedOutput, user: str) -> None:
+        key = (output.path, output.files)
+        if key not in seen:
+            present, problems = check_output(store, output, cache)
+            seen[key] = (
+                None
+                if present and not problems
+                else VerifyProblem(
+                    output.path,
+                    problems or [f"{store.uri(output.path)} is missing (its data was deleted)"],
+                    missing=not present,
+                )
+            )
+            if seen[key] is not None:
+                report.problems.append(seen[key])
+        if seen[key] is not None:
+            seen[key].used_by.append(user)
+
+    try:
+        if dataset is None:
+            for step in store.list_dir(layout.STEPS):
+                ledger = StepLedger(store, step)
+                for fingerprint in store.list_dir(layout.step_dir(step)):
+                    if fingerprint == "runs" or fingerprint.startswith(".") or fingerprint.endswith(".json"):
+                        continue
+                    base = layout.commits_dir(step, fingerprint)
+                    names = [n for n in store.list_dir(base) if n.endswith(".json")]
+                    commits = ledger.commits(fingerprint)
+                    report.unreadable += [
+                        f"{base}/{n}: commit record is malformed"
+                        for n in sorted(set(names) - {name for name, _ in commits})
+                    ]
+                    for name, commit in commits:
+                        report.commits += 1
+                        for out in commit.outputs.values():
+                            report.outputs += 1
+                            check(out, f"commit {base}/{name} (run {commit.run_id})")
+        registry = DatasetRegistry(store)
+        names = [dataset] if dataset is not None else store.list_dir(layout.DATASETS)
+        for name in names:
+            for found in registry.registered(name):
+                report.versions += 1
+                check(_as_output(found.ref), f"dataset '{name}' version {found.version}")
+        report.unreadable += [str(m) for m in registry.malformed]
+    finally:
+        if own_cache and cache is not None:
+            cache.close()
+    return report

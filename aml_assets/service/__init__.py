@@ -1,0 +1,1 @@
+"""Services around a pipeline: the Dagster instance it runs on."""

@@ -1,0 +1,578 @@
+"""Process faults: a killed run takes its step processes down and is marked failed by the next
+run; saved data is read-only to steps even as root; secrets never reach Dagster's records;
+steps stop at their timeout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
+from dagster._serdes import serialize_value
+
+from aml_assets import (
+    DatasetRegistry,
+    FileDataset,
+    LocalDatastore,
+    LocalProcessCluster,
+    OutputDataset,
+    Pipeline,
+    PythonScriptStep,
+    SynapseSparkStep,
+)
+from aml_assets.compute import isolation
+from aml_assets.compute.launch import launcher_path
+from aml_assets.pipeline import orphans
+from aml_assets.reuse.ledger import StepLedger
+from tests.support.faults import (
+    DagsterRun,
+    alive,
+    grep_tree,
+    kill_quietly,
+    read_pid,
+    run_to_end,
+    wait_for,
+    wait_for_pids,
+)
+from tests.support.runs import materializations, run_job, step_failure_messages
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.fault]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def _home(tmp_path: Path) -> Path:
+    """A DAGSTER_HOME with the project's instance settings."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def _failure_messages(instance: DagsterInstance, run_id: str) -> list[str]:
+    return [
+        r.dagster_event.message or ""
+        for r in instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+    ]
+
+
+# --- the supervisor --------------------------------------------------------------------------------
+def _launch(script: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-S", launcher_path(), str(script), *args],
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONSAFEPATH": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("sys.exit(7)", 7),
+        ("raise SystemExit(0)", 0),
+        ("os.kill(os.getpid(), signal.SIGKILL)", -signal.SIGKILL),
+        ("os.kill(os.getpid(), signal.SIGTERM)", -signal.SIGTERM),
+        ("raise ValueError('boom')", 1),
+    ],
+)
+def test_supervisor_exits_like_its_script(tmp_path, body, expected):
+    script = _write(tmp_path / "s.py", f"import os, signal, sys\n{body}\n")
+    proc = _launch(script)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == expected, err.decode()[-2000:]
+
+
+def test_supervisor_kills_the_script_and_its_children_when_the_runner_dies(tmp_path):
+    """The runner (here a stand-in process) is killed with SIGKILL: within a second the script,
+    a child of the script and a child that left the group (setsid) are gone."""
+    script = _write(
+        tmp_path / "s.py",
+        f"""
+        import os, subprocess, time
+        from pathlib import Path
+        state = Path({str(tmp_path)!r})
+        child = subprocess.Popen(["sleep", "300"])
+        escaped = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        (state / "child.pid").write_text(str(child.pid))
+        (state / "escaped.pid").write_text(str(escaped.pid))
+        (state / "supervisor.pid").write_text(str(os.getppid()))
+        (state / "script.pid").write_text(str(os.getpid()))
+        time.sleep(300)
+        """,
+    )
+    runner = _write(
+        tmp_path / "runner.py",
+        f"""
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, "-S", {launcher_path()!r}, {str(script)!r}], start_new_session=True)
+        time.sleep(300)
+        """,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(runner)],
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONSAFEPATH": "1"},
+        start_new_session=True,
+    )
+    pids: dict[str, int] = {}
+    try:
+        pids = wait_for_pids(
+            [tmp_path / f"{n}.pid" for n in ("child", "escaped", "supervisor", "script")], 60
+        )
+        time.sleep(0.3)  # past the supervisor's first wait: its parent-death signal is armed
+        assert all(alive(p) for p in pids.values())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_for(lambda: not any(alive(p) for p in pids.values()), 5, "the step's processes to die")
+    finally:
+        kill_quietly([proc.pid, *pids.values()])
+
+
+def test_supervisor_kills_what_the_script_left_behind(tmp_path):
+    script = _write(
+        tmp_path / "s.py",
+        f"""
+        import subprocess, time
+        from pathlib import Path
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        Path({str(tmp_path)!r}, "left.pid").write_text(str(child.pid))
+        time.sleep(0.3)
+        """,
+    )
+    proc = _launch(script)
+    try:
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        pid = read_pid(tmp_path / "left.pid")
+        assert pid and not alive(pid), "a process the script left behind outlived its step"
+    finally:
+        kill_quietly([read_pid(tmp_path / "left.pid") or 0])
+
+
+def test_script_in_a_subfolder_imports_modules_of_the_source_directory(tmp_path, instance, datastore):
+    code = tmp_path / "code"
+    _write(code / "helpers.py", "ANSWER = 42\n")
+    _write(
+        code / "jobs" / "main.py",
+        """
+        import sys
+        from pathlib import Path
+        import helpers
+        Path(sys.argv[1], "answer.txt").write_text(str(helpers.ANSWER))
+        """,
+    )
+    out = OutputDataset("answer_out")
+    step = PythonScriptStep("answer", "jobs/main.py", code, arguments=[out])
+    defs = Pipeline("sub", [step]).to_definitions(
+        {"workspace": LocalDatastore(), "cpucluster": LocalProcessCluster()}
+    )
+    result = run_job(defs, instance, job="sub")
+    assert result.success, step_failure_messages(result)
+    path = datastore.local_path(result.output_for_node("answer", "answer_out").path)
+    assert (path / "answer.txt").read_text() == "42"
+
+
+# --- kill -9 of a whole run -----------------------------------------------------------------------
+SCRIPT_DEFS = """
+from pathlib import Path
+from aml_assets import LocalDatastore, LocalProcessCluster, OutputDataset, Pipeline, PythonScriptStep
+
+here = Path(__file__).parent
+out = OutputDataset("slow_out")
+step = PythonScriptStep("slow", "slow.py", here / "code", arguments=[str(here), out])
+defs = Pipeline("faulty", [step]).to_definitions(
+    {"workspace": LocalDatastore(), "cpucluster": LocalProcessCluster()}
+)
+"""
+
+SLOW_SCRIPT = """
+import os, subprocess, sys, time
+from pathlib import Path
+state, out = Path(sys.argv[1]), Path(sys.argv[2])
+if not (state / "fast").exists():
+    child = subprocess.Popen(["sleep", "300"])
+    escaped = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    (state / "grandchild.pid").write_text(str(child.pid))
+    (state / "escaped.pid").write_text(str(escaped.pid))
+    (state / "supervisor.pid").write_text(str(os.getppid()))
+    time.sleep(0.5)
+    (state / "script.pid").write_text(str(os.getpid()))
+    while True:
+        with open(out / "progress.txt", "a") as fh:
+            fh.write("x")
+        time.sleep(0.05)
+(out / "done.txt").write_text("done")
+print("done")
+"""
+
+
+def _assert_killed_run_failed_and_rerun_succeeds(tmp_path, home, env, defs, job, first, asset):
+    code, output = run_to_end(defs, job, home, env, tmp_path / "second.log", timeout=300)
+    assert code == 0, output[-4000:]
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        runs = {r.run_id: r for r in instance.get_runs()}
+        assert len(runs) == 2
+        [killed] = [r for r in runs.values() if r.tags.get(orphans.PID_TAG) == str(first.pgid)]
+        [second] = [r for r in runs.values() if r.run_id != killed.run_id]
+        assert killed.status == DagsterRunStatus.FAILURE
+        assert second.status == DagsterRunStatus.SUCCESS
+        [message] = _failure_messages(instance, killed.run_id)
+        assert message == (
+            f"Run {killed.run_id}'s process (pid {first.pgid}) is gone: it was killed or crashed; "
+            f"marked failed by run {second.run_id}."
+        )
+        event = instance.get_latest_materialization_event(AssetKey(asset))
+        assert event is not None and event.run_id == second.run_id
+        meta = event.asset_materialization.metadata
+        assert meta["reused"].value is False
+    finally:
+        instance.dispose()
+
+
+@pytest.mark.slow
+def test_kill9_of_the_run_during_a_script_step(tmp_path):
+    _write(tmp_path / "code" / "slow.py", SLOW_SCRIPT)
+    defs = _write(tmp_path / "defs.py", SCRIPT_DEFS)
+    home = _home(tmp_path)
+    env = dict(os.environ)
+    first = DagsterRun(defs, "faulty", home, env, tmp_path / "first.log")
+    pids: dict[str, int] = {}
+    try:
+        pids = wait_for_pids(
+            [tmp_path / f"{n}.pid" for n in ("grandchild", "escaped", "supervisor", "script")], 120
+        )
+        assert all(alive(p) for p in pids.values())
+        first.killpg()
+        wait_for(
+            lambda: not any(alive(p) for p in pids.values()),
+            5,
+            f"the step's processes {pids} to die with their run",
+        )
+    finally:
+        first.cleanup()
+        kill_quietly(pids.values())
+    (tmp_path / "fast").touch()
+    _assert_killed_run_failed_and_rerun_succeeds(tmp_path, home, env, defs, "faulty", first, "slow_out")
+
+
+SPARK_DEFS = """
+from pathlib import Path
+from aml_assets import LocalDatastore, OutputDataset, Pipeline, SparkPool, SynapseSparkStep
+
+here = Path(__file__).parent
+out = OutputDataset("spark_out")
+step = SynapseSparkStep("sparky", "sparky.py", here / "code", arguments=[str(here), out])
+pool = SparkPool(
+    master="local[1]",
+    driver_memory="1g",
+    executor_memory="1g",
+    conf={"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "1"},
+)
+defs = Pipeline("sparkfaulty", [step]).to_definitions({"workspace": LocalDatastore(), "spark01": pool})
+"""
+
+SPARK_SCRIPT = """
+import os, sys
+from pathlib import Path
+from pyspark.sql import SparkSession
+state, out = sys.argv[1], Path(sys.argv[2])
+spark = SparkSession.builder.getOrCreate()
+if not Path(state, "fast").exists():
+    jvm = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    Path(state, "jvm.pid").write_text(jvm.getName().split("@")[0])
+    Path(state, "driver.pid").write_text(str(os.getpid()))
+
+    def slow(x):
+        import os, time
+        from pathlib import Path
+        Path(state, "daemon.pid").write_text(str(os.getppid()))  # pyspark's worker daemon
+        Path(state, "worker.pid").write_text(str(os.getpid()))
+        time.sleep(300)
+        return x
+
+    spark.sparkContext.parallelize([1], 1).map(slow).collect()
+spark.range(3).write.parquet(str(out / "data"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_kill9_of_the_run_during_a_spark_step(tmp_path):
+    _write(tmp_path / "code" / "sparky.py", SPARK_SCRIPT)
+    defs = _write(tmp_path / "defs.py", SPARK_DEFS)
+    home = _home(tmp_path)
+    env = dict(os.environ)
+    first = DagsterRun(defs, "sparkfaulty", home, env, tmp_path / "first.log")
+    pids: dict[str, int] = {}
+    try:
+        pids = wait_for_pids([tmp_path / f"{n}.pid" for n in ("jvm", "driver", "daemon", "worker")], 240)
+        assert pids["driver.pid"] == first.pgid
+        assert all(alive(p) for p in pids.values())
+        first.killpg()
+        wait_for(
+            lambda: not any(alive(p) for p in pids.values()),
+            10,
+            f"the run's JVM and Python workers {pids} to die with it",
+        )
+    finally:
+        first.cleanup()
+        kill_quietly(pids.values())
+    (tmp_path / "fast").touch()
+    _assert_killed_run_failed_and_rerun_succeeds(
+        tmp_path, home, env, defs, "sparkfaulty", first, "spark_out"
+    )
+
+
+# --- saved data is read-only to steps -------------------------------------------------------------
+MAKE_SCRIPT = """
+import sys
+from pathlib import Path
+Path(sys.argv[1], "a.txt").write_text("alpha")
+Path(sys.argv[1], "sub").mkdir()
+Path(sys.argv[1], "sub", "b.txt").write_text("beta")
+"""
+
+TAMPER_SCRIPT = """
+import errno, json, os, sys
+from pathlib import Path
+mnt, dl, out = (Path(a) for a in sys.argv[1:4])
+
+def attempt(action):
+    try:
+        action()
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+
+def append(path):
+    with open(path, "a") as fh:
+        fh.write("tampered")
+
+report = {
+    "mount": str(mnt),
+    "append": attempt(lambda: append(mnt / "a.txt")),
+    "append_nested": attempt(lambda: append(mnt / "sub" / "b.txt")),
+    "create": attempt(lambda: (mnt / "new.txt").write_text("new")),
+    "chmod": attempt(lambda: os.chmod(mnt / "a.txt", 0o666)),
+    "unlink": attempt(lambda: (mnt / "sub" / "b.txt").unlink()),
+    "download_write": attempt(lambda: append(dl / "a.txt")),
+    "shell_append": attempt(lambda: os.system(f"echo x >> {mnt / 'a.txt'} 2>/dev/null") == 0 or (_ for _ in ()).throw(OSError(errno.EROFS, "shell"))),
+}
+(out / "report.json").write_text(json.dumps(report))
+"""
+
+
+def _tamper_pipeline(tmp_path: Path, spark: bool = False) -> Pipeline:
+    code = tmp_path / "ro_code"
+    _write(code / "make.py", MAKE_SCRIPT)
+    _write(code / "tamper.py", TAMPER_SCRIPT)
+    docs = OutputDataset("docs").register(description="saved data")
+    report = OutputDataset("report")
+    make = PythonScriptStep("make", "make.py", code, arguments=[docs])
+    kind = SynapseSparkStep if spark else PythonScriptStep
+    tamper = kind(
+        "tamper", "tamper.py", code,
+        arguments=[docs.as_mount("mnt"), docs.as_download("dl"), report],
+    )
+    return Pipeline("ro", [make, tamper])
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes | None, int]]:
+    return {
+        p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None, p.stat().st_mode & 0o777)
+        for p in sorted([root, *root.rglob("*")])
+    }
+
+
+SAVED = {
+    ".": (None, 0o555),
+    "a.txt": (b"alpha", 0o444),
+    "sub": (None, 0o555),
+    "sub/b.txt": (b"beta", 0o444),
+}
+
+
+def _run_tamper(tmp_path, instance, datastore) -> tuple[dict, Path]:
+    defs = _tamper_pipeline(tmp_path).to_definitions(
+        {"workspace": LocalDatastore(), "cpucluster": LocalProcessCluster()}
+    )
+    result = run_job(defs, instance, job="ro")
+    assert result.success, step_failure_messages(result)
+    saved = datastore.local_path(result.output_for_node("make", "docs").path)
+    report = datastore.local_path(result.output_for_node("tamper", "report").path)
+    # The registered version's files are exactly what the producing step wrote.
+    [version] = DatasetRegistry(datastore).versions("docs")
+    assert version == 1
+    assert _tree(saved) == SAVED
+    return json.loads((report / "report.json").read_text()), saved
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the read-only view matters for root (others are stopped by 0444)")
+def test_script_step_cannot_change_its_mounted_input_even_as_root(tmp_path, instance, datastore):
+    if not isolation.can_isolate():
+        pytest.skip("no mount namespace here (the private-copy fallback is tested below)")
+    seen, saved = _run_tamper(tmp_path, instance, datastore)
+    assert seen["mount"] == str(saved), "the input is read in place"
+    for action in ("append", "append_nested", "create", "chmod", "unlink", "shell_append"):
+        assert seen[action] == "EROFS", (action, seen)
+    assert seen["download_write"] == "ok", "a downloaded input is the step's own copy"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="private copies are for root without a read-only view")
+def test_root_without_a_read_only_view_gets_private_copies(tmp_path, instance, datastore, monkeypatch):
+    monkeypatch.setenv(isolation.MODE_ENV, "copy")
+    seen, saved = _run_tamper(tmp_path, instance, datastore)
+    assert seen["mount"] != str(saved), "the script was given a copy"
+    assert seen["append"] == seen["create"] == seen["download_write"] == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.skipif(os.geteuid() != 0, reason="as non-root the permission bits refuse the write")
+def test_spark_step_that_changes_its_input_fails(tmp_path, instance, datastore, spark_pool):
+    code = tmp_path / "ro_code"
+    _write(code / "make.py", MAKE_SCRIPT)
+    _write(
+        code / "spark_tamper.py",
+        """
+        import sys
+        from pathlib import Path
+        with open(Path(sys.argv[1], "a.txt"), "a") as fh:
+            fh.write("tampered")
+        Path(sys.argv[2], "done.txt").write_text("done")
+        """,
+    )
+    docs = OutputDataset("docs").register(description="saved data")
+    make = PythonScriptStep("make", "make.py", code, arguments=[docs])
+    tamper = SynapseSparkStep(
+        "tamper", "spark_tamper.py", code, arguments=[docs.as_mount("mnt"), OutputDataset("report")]
+    )
+    defs = Pipeline("ro", [make, tamper]).to_definitions(
+        {"workspace": LocalDatastore(), "cpucluster": LocalProcessCluster(), "spark01": spark_pool}
+    )
+    result = run_job(defs, instance, job="ro")
+    assert not result.success
+    saved = datastore.local_path(result.output_for_node("make", "docs").path)
+    [message] = step_failure_messages(result)
+    assert (
+        f"Step 'tamper' failed: script ro_code/spark_tamper.py modified its input 'mnt' at {saved} "
+        "(1 changes: changed a.txt); saved data must not be changed: write to an output instead. "
+        "Nothing was published."
+    ) in message
+    assert StepLedger(datastore, "tamper").run_records()[-1].status == "failed"
+
+
+# --- timeouts ----------------------------------------------------------------------------------
+SLEEPY_SCRIPT = """
+import signal, subprocess, sys, time
+from pathlib import Path
+state, out, stubborn = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "stubborn"
+if stubborn:  # ignores SIGTERM, and so does its child: only SIGKILL stops them
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen(["sleep", "300"])
+(state / "child.pid").write_text(str(child.pid))
+(out / "partial.txt").write_text("partial")
+print("sleeping", flush=True)
+time.sleep(60)
+"""
+
+TIMEOUT_MESSAGE = (
+    "Step 'sleepy' exceeded its 2 s timeout and was stopped; nothing was published. If it needs "
+    "longer, raise timeout_seconds on the step (or default_timeout_seconds on its compute target)."
+)
+
+
+def _assert_nothing_published(datastore, instance, result, step: str, output: str) -> None:
+    assert not result.success
+    assert instance.get_run_by_id(result.run_id).status == DagsterRunStatus.FAILURE
+    steps = datastore.local_path(f"steps/{step}")
+    assert list(steps.rglob("commits/*.json")) == [] if steps.exists() else True
+    assert DatasetRegistry(datastore).versions(output) == []
+    tmp = datastore.local_path("_tmp")
+    assert not tmp.exists() or list(tmp.iterdir()) == [], "scratch cleaned up"
+    [record] = StepLedger(datastore, step).run_records()
+    assert record.status == "failed" and "timeout" in (record.error or "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stubborn", [False, True], ids=["plain", "ignores-sigterm"])
+def test_script_step_stops_at_its_timeout(tmp_path, instance, datastore, stubborn):
+    code = tmp_path / "code"
+    _write(code / "sleepy.py", SLEEPY_SCRIPT)
+    out = OutputDataset("sleepy_out").register()
+    step = PythonScriptStep(
+        "sleepy", "sleepy.py", code,
+        arguments=[str(tmp_path), out, "stubborn" if stubborn else "plain"],
+        timeout_seconds=2,
+    )
+    defs = Pipeline("sleepy", [step]).to_definitions(
+        {"workspace": LocalDatastore(), "cpucluster": LocalProcessCluster()}
+    )
+    child = None
+    try:
+        t0 = time.monotonic()
+        result = run_job(defs, instance, job="sleepy")
+        elapsed = time.monotonic() - t0
+        child = read_pid(tmp_path / "child.pid")
+        [message] = step_failure_messages(result)
+        assert TIMEOUT_MESSAGE in message
+        # 2 s, then SIGTERM (and SIGKILL after a 10 s grace for a script that ignores it).
+        assert elapsed < (25 if stubborn else 12), elapsed
+        assert child and not alive(child), "the script's child was stopped with it"
+        _assert_nothing_published(datastore, instance, result, "sleepy", "sleepy_out")
+    finally:
+        kill_quietly([child or 0])
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.parametrize("how", ["python-loop", "spark-job"])
+def test_spark_step_stops_at_its_timeout(tmp_path, instance, datastore, spark_pool, how):
+    code = tmp_path / "code"
+    _write(
+        code / "sleepy.py",
+        """
+        import sys, time
+        from pyspark.sql import SparkSession
+        spark = SparkSession.builder.getOrCreate()
+        if sys.argv[2] == "python-loop":
+            n = 0
+            while True:
+                n += 1
+        else:
+            spark.sparkContext.parallelize(range(2), 2).map(lambda x: time.sleep(120) or x).collect()
+        """,
+    )
+    out = OutputDataset("sleepy_out").register()
+    step = SynapseSparkStep("sleepy", "sleepy.py", code, arguments=[out, how], timeout_seconds=2)
+    defs = Pipeline("sleepy", [step]).to_definitions({"workspace": LocalDatastore(), "spark01": spark_pool})
+    t0 = time.monotonic()
+    result = run_job(defs, instance, job="sleepy")
+    elapsed = time.monotonic() - t0
+    [message] = step_failure_messages(result)
+    assert TIMEOUT_MESSAGE in message
+    assert elapsed < 60, elapsed
+    _assert_nothing_published(datastore, instance, result, "sleepy", "sleepy_out")
+    # The shared session is usable, and nothing of the step still runs on it.
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.builder.getOrCreate()
+    assert spark.range(10).count() == 10
+    wait_for(lambda: not spark.sparkContext.statusTracker().getActiveJobsIds(), 30, "no active Spark job")
