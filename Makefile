@@ -24,20 +24,23 @@ tools/azurite/node_modules/.bin/azurite-blob: tools/azurite/package.json tools/a
 install-test: install tools/azurite/node_modules/.bin/azurite-blob
 	@command -v chromium >/dev/null || echo "note: chromium is not installed; browser tests skip locally (CI installs it: apt-get install -y chromium)"
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+# Create $(DAGSTER_HOME) (copying dagster.yaml when it has none or an older one) and its storage
+# once, under a lock: Dagster commands starting together on a fresh home corrupt its SQLite
+# storage. Instant once done.
+INSTANCE := $(BIN)/python -m aml_assets.service.instance "$(DAGSTER_HOME)" --default-config dagster.yaml
 
 run ui: export DAGSTER_HOME := $(DAGSTER_HOME)
 
-run: install $(DAGSTER_HOME)/dagster.yaml
+run: install
+	$(INSTANCE)
 	$(BIN)/dagster job execute -f definitions.py -j synapse_pipeline
 	@echo "--- registered datasets ---"
 	@$(BIN)/aml-assets datasets list
 	@echo "--- why train did (or did not) run ---"
 	@$(BIN)/aml-assets explain train
 
-ui: install $(DAGSTER_HOME)/dagster.yaml
+ui: install
+	$(INSTANCE)
 	$(BIN)/dagster dev -w workspace.yaml
 
 test: install-test

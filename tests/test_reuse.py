@@ -217,7 +217,7 @@ def test_cli_lists_registered_datasets_and_refuses_deletion(baseline, datastore,
 
     out = io.StringIO()
     assert main(["--root", str(datastore.root_dir()), "datasets", "list"], out=out) == 0
-    assert "titanic_prepared  versions 1..1  latest v1  891 rows" in out.getvalue()
+    assert "titanic_prepared  versions 1  latest v1  891 rows" in out.getvalue()
     assert main(["--root", str(datastore.root_dir()), "datasets", "delete", "titanic_prepared", "1"]) == 2
     assert "Refusing to delete dataset 'titanic_prepared' version 1" in capsys.readouterr().err
     assert DatasetRegistry(datastore).versions("titanic_prepared") == [1]

@@ -11,12 +11,14 @@ datastore's root and may not escape it. Two primitives make outputs trustworthy 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -45,6 +47,14 @@ def default_cache_dir() -> Path:
     """``$AML_CACHE_DIR`` if set, else the platform's user cache folder for aml-assets."""
     configured = os.environ.get(CACHE_DIR_ENV)
     return Path(configured) if configured else Path(platformdirs.user_cache_dir("aml-assets"))
+
+
+def default_work_dir() -> Path:
+    """Where steps' private local folders live (input copies, scratch for remote stores), so
+    ``aml-assets gc`` finds what a killed step left behind."""
+    work = default_cache_dir() / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    return work
 
 
 def open_stat_cache() -> StatCache:
@@ -108,7 +118,7 @@ class Datastore(ConfigurableResource, ABC):
 
     def scratch_dir(self, label: str) -> Path:
         """A fresh local directory for a step to write into before its outputs are published."""
-        return Path(tempfile.mkdtemp(prefix=f"aml-{label}-"))
+        return Path(tempfile.mkdtemp(prefix=f"aml-{label}-scratch-", dir=default_work_dir()))
 
     def manifest(self, rel: str, cache: StatCache | None = None) -> list[ManifestEntry]:
         """Content manifest of a file or directory, using the store's checksums when remote."""
@@ -339,10 +349,25 @@ class LocalDatastore(Datastore):
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            with self._disk_errors(rel):
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _disk_errors(self, rel: str) -> Iterator[None]:
+        """A full disk (or quota) becomes an error that names the store, the path and the fix."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise DatastoreError(
+                f"Datastore '{self.name}': no space left on the disk holding {self.root_dir()} "
+                f"while writing '{rel}'. Nothing was committed or registered; free some space "
+                "('aml-assets gc' removes what failed steps left behind) and run again."
+            ) from exc
 
     def _remove(self, rel: str) -> None:
         target = self.local_path(rel)
@@ -356,10 +381,11 @@ class LocalDatastore(Datastore):
         target = self.local_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(data)
         try:
-            # link() fails if the target exists, and the target appears complete or not at all.
-            os.link(tmp, target)
+            with self._disk_errors(rel):
+                tmp.write_bytes(data)
+                # link() fails if the target exists, and the target appears complete or not at all.
+                os.link(tmp, target)
             return True
         except FileExistsError:
             return False
@@ -373,7 +399,8 @@ class LocalDatastore(Datastore):
         # folder to a new parent needs write permission on it, to update its '..').
         make_read_only(local_dir, folders=False)
         try:
-            os.rename(local_dir, target)
+            with self._disk_errors(rel):
+                os.rename(local_dir, target)
         except OSError:
             if target.exists():
                 raise DatastoreError(

@@ -23,7 +23,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,11 +32,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from aml_assets.data import layout
-from aml_assets.data.content import StatCache, hash_file, normalize_data_path, walk_files
+from aml_assets.data.content import StatCache
 from aml_assets.data.datasets import DatasetRef, read_pandas
 from aml_assets.data.datastore import Datastore, open_stat_cache
+from aml_assets.data.integrity import check_content
 from aml_assets.data.workspace import workspace_datastore
-from aml_assets.errors import DatasetError, DatastoreError
+from aml_assets.errors import DatasetError
 
 _log = logging.getLogger(__name__)
 
@@ -150,68 +151,6 @@ class MalformedRecord:
 
     def __str__(self) -> str:
         return f"{self.path} is malformed ({self.reason})"
-
-
-def verify_content(
-    store: Datastore,
-    path: str,
-    files: Sequence[Mapping[str, Any]],
-    cache: StatCache | None = None,
-) -> tuple[bool, list[str]]:
-    """(present, problems) of published content against its integrity records.
-
-    ``files`` are the ``DatasetRef.files`` records ({file, size, raw, stored}). Without them (a
-    record written before integrity records existed) only presence is checked. Locally every file
-    is re-hashed unless the stat cache vouches for it; on blob storage the listing's size and
-    stored MD5/ETag are compared, without downloading anything. The same rules as
-    ``aml_assets.reuse.verify.check_output``, over the registry's form of the records.
-    """
-    records = [dict(f) for f in files]
-    if not records:
-        return store.exists(path), []
-    expected = {str(f["file"]) for f in records}
-    problems = []
-    local = store.local_path(path)
-    if local is not None:
-        if not local.exists():
-            return False, []
-        for f in records:
-            target = local / f["file"] if local.is_dir() else local
-            where = f"{path}/{f['file']}"
-            if not target.is_file():
-                problems.append(f"{where} is missing")
-                continue
-            size = target.stat().st_size
-            if size != int(f["size"]):
-                problems.append(f"{where} has {size} bytes, {f['size']} were published")
-            elif f.get("raw") and hash_file(target, cache) != f["raw"]:
-                problems.append(f"{where} changed since it was published (its BLAKE3 differs)")
-        if local.is_dir():
-            problems += [
-                f"{path}/{rel} was added after publishing"
-                for rel, _ in walk_files(local)
-                if rel not in expected and normalize_data_path(rel) is not None
-            ]
-        return True, problems
-    try:
-        listed = {e.path: e for e in store.manifest(path)}
-    except DatastoreError:
-        return False, []
-    for f in records:
-        where = f"{store.uri(path)}/{f['file']}"
-        entry = listed.get(f["file"])
-        if entry is None:
-            problems.append(f"{where} is missing")
-        elif entry.size != int(f["size"]):
-            problems.append(f"{where} has {entry.size} bytes, {f['size']} were published")
-        elif f.get("stored") and entry.digest != f["stored"]:
-            problems.append(f"{where} changed since it was published ({entry.digest} != {f['stored']})")
-    problems += [
-        f"{store.uri(path)}/{name} was added after publishing"
-        for name in listed
-        if name not in expected and normalize_data_path(name) is not None
-    ]
-    return True, problems
 
 
 @dataclass
@@ -408,7 +347,7 @@ class DatasetRegistry:
                 if latest is not None and latest.ref.content_hash == ref.content_hash:
                     if cache is None and self.datastore.local_path(latest.ref.path) is not None:
                         cache = open_stat_cache()
-                    present, found = verify_content(
+                    present, found = check_content(
                         self.datastore, latest.ref.path, latest.ref.files, cache
                     )
                     if present and not found:

@@ -74,7 +74,11 @@ def _stats(ds: SourceDataset, store: Datastore, content_hash: str, log: Any) -> 
         raise DatasetError(
             f"Dataset '{ds.name}': '{ds.path}' has a header but no rows. Check the upload."
         )
-    store.write_bytes(cache_rel, json.dumps(stats).encode())
+    try:
+        store.write_bytes(cache_rel, json.dumps(stats).encode())
+    except (DatastoreError, OSError) as exc:
+        # The cache is disposable: failing to keep it (a full disk) must not fail the run.
+        log.warning(f"Could not cache the statistics of dataset '{ds.name}' ({exc}); continuing")
     return stats
 
 

@@ -25,7 +25,7 @@ from aml_assets.compute.launch import StepLaunch, run_script_process, run_spark_
 from aml_assets.compute.spark import SparkPool, is_speed_only
 from aml_assets.data.content import StatCache
 from aml_assets.data.datasets import DatasetInput, DatasetRef, InputMode, OutputDataset
-from aml_assets.data.datastore import Datastore, default_cache_dir
+from aml_assets.data.datastore import Datastore, default_work_dir
 from aml_assets.pipeline.parameters import PipelineParameter
 from aml_assets.pipeline.steps import Step, SynapseSparkStep
 from aml_assets.reuse.attempt import Attempt
@@ -35,9 +35,6 @@ from aml_assets.reuse.fingerprint import StepFingerprint
 from aml_assets.reuse.ledger import StepLedger
 from aml_assets.reuse.records import Commit, PublishedOutput, RunRecord
 from aml_assets.reuse.verify import check_output
-
-#: Where steps' private input copies live, so ``aml-assets gc`` can find what killed steps left.
-WORK_DIR_NAME = "work"
 
 
 @dataclass
@@ -204,7 +201,10 @@ class StepExecution:
         try:
             commit = self._run_and_publish(ledger, digest, components)
         except BaseException as exc:
-            ledger.finish_record(record, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+            try:
+                ledger.finish_record(record, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+            except Exception as record_error:  # noqa: BLE001 - never hide why the step failed
+                log.warning(f"Step '{step.name}': could not record the failure: {record_error}")
             raise
         ledger.finish_record(record, "ran")
         return self._result(commit, reused=False, reasons=decision.reasons)
@@ -248,9 +248,7 @@ class StepExecution:
 
     def _run_and_publish(self, ledger: StepLedger, digest: str, components: dict[str, Any]) -> Commit:
         step = self.step
-        work_root = default_cache_dir() / WORK_DIR_NAME
-        work_root.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"aml-{step.name}-inputs-", dir=work_root))
+        workdir = Path(tempfile.mkdtemp(prefix=f"aml-{step.name}-inputs-", dir=default_work_dir()))
         try:
             with Attempt(
                 self.datastore, ledger, self.run_id, digest, step.all_outputs(), self.stat_cache

@@ -32,16 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from aml_assets.data import layout
-from aml_assets.data.datastore import Datastore, default_cache_dir, make_writable
+from aml_assets.data.datastore import Datastore, default_work_dir, make_writable
 from aml_assets.errors import DatastoreError
 from aml_assets.reuse.ledger import StepLedger
 
 _log = logging.getLogger(__name__)
 
-#: The folder (under ``default_cache_dir()``) holding steps' private input copies. Must equal
-#: ``aml_assets.pipeline.execution.WORK_DIR_NAME`` (a higher layer, which gc cannot import).
-WORK_DIR_NAME = "work"
-_INPUT_COPY = re.compile(r"^aml-.+-inputs-")
+#: Private folders of steps under the work folder: input copies, and scratch for remote stores.
+_INPUT_COPY = re.compile(r"^aml-.+-(inputs|scratch)-")
 _TMP_RECORD = re.compile(r"^\..+\.[0-9a-f]{32}\.(tmp|staging)$")
 
 #: Kinds of removed items, in the order the summary names them.
@@ -204,7 +202,7 @@ def _store_candidates(store: Datastore, report: GarbageReport) -> list[tuple[str
 
 def default_work_dirs() -> list[Path]:
     """Where steps' private input copies live: the cache's ``work/``, and (legacy) the temp folder."""
-    return [default_cache_dir() / WORK_DIR_NAME, Path(tempfile.gettempdir())]
+    return [default_work_dir(), Path(tempfile.gettempdir())]
 
 
 def _local_candidates(work_dirs: Iterable[Path]) -> list[Path]:

@@ -1,22 +1,16 @@
-"""Is saved data still what was saved? Re-check published outputs against their records.
-
-Nothing is reused or registered on the strength of a file merely existing: before a committed
-output is reused, every file is checked against the record made when it was published (like
-Bazel serving cache entries by verified digest). On a local store the stat cache makes this a
-``stat`` per file when nothing changed; on blob storage the listing's size and stored MD5 (or
-ETag) are compared, without downloading anything.
+"""Is saved data still what was saved? Integrity records of step outputs, the check before reuse
+(``aml_assets.data.integrity``), and ``verify_store`` behind ``aml-assets verify``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aml_assets.data.content import ManifestEntry, StatCache, hash_file, walk_files
+from aml_assets.data.content import ManifestEntry, StatCache
 from aml_assets.data.datastore import Datastore
-from aml_assets.errors import DatastoreError
+from aml_assets.data.integrity import check_content
 from aml_assets.reuse.records import FileRecord, PublishedOutput
 
 
@@ -39,66 +33,8 @@ def check_output(
     store: Datastore, output: PublishedOutput, cache: StatCache | None = None
 ) -> tuple[bool, list[str]]:
     """(present, problems) of one published output: present is False when it was deleted."""
-    if not output.files:
-        # Written before integrity records existed: only presence can be checked.
-        return store.exists(output.path), []
-    local = store.local_path(output.path)
-    if local is not None:
-        if not local.exists():
-            return False, []
-        return True, _check_local(local, output, cache)
-    try:
-        listed = {e.path: e for e in store.manifest(output.path)}
-    except DatastoreError:
-        return False, []
-    return True, _check_listing(store, output, listed)
+    return check_content(store, output.path, [asdict(f) for f in output.files], cache)
 
-
-def _check_local(root: Path, output: PublishedOutput, cache: StatCache | None) -> list[str]:
-    problems = []
-    expected = {f.file: f for f in output.files}
-    for f in output.files:
-        path = root / f.file
-        where = f"{output.path}/{f.file}"
-        if not path.is_file():
-            problems.append(f"{where} is missing")
-            continue
-        size = path.stat().st_size
-        if size != f.size:
-            problems.append(f"{where} has {size} bytes, {f.size} were published")
-        elif hash_file(path, cache) != f.raw:
-            problems.append(f"{where} changed since it was published (its BLAKE3 differs)")
-    if root.is_dir():
-        for rel, _ in walk_files(root):
-            if rel not in expected and _is_data_file(rel):
-                problems.append(f"{output.path}/{rel} was added after publishing")
-    return problems
-
-
-def _is_data_file(rel: str) -> bool:
-    from aml_assets.data.content import normalize_data_path
-
-    return normalize_data_path(rel) is not None
-
-
-def _check_listing(store: Datastore, output: PublishedOutput, listed: dict) -> list[str]:
-    problems = []
-    for f in output.files:
-        where = f"{store.uri(output.path)}/{f.file}"
-        entry = listed.get(f.file)
-        if entry is None:
-            problems.append(f"{where} is missing")
-        elif entry.size != f.size:
-            problems.append(f"{where} has {entry.size} bytes, {f.size} were published")
-        elif f.stored and entry.digest != f.stored:
-            problems.append(f"{where} changed since it was published ({entry.digest} != {f.stored})")
-    names = {f.file for f in output.files}
-    problems += [
-        f"{store.uri(output.path)}/{name} was added after publishing"
-        for name in listed
-        if name not in names and _is_data_file(name)
-    ]
-    return problems
 
 
 # --- verifying a whole datastore (aml-assets verify) ------------------------------------------
