@@ -62,7 +62,9 @@ def build_pipeline(project_dir: Path = HERE) -> Pipeline:
         "titanic_model", format="files", description="Pickled RandomForest and its metrics."
     )
 
-    n_estimators = PipelineParameter("n_estimators", 200, description="Trees in the random forest.")
+    n_estimators = PipelineParameter(
+        "n_estimators", 200, description="Trees in the random forest.", min=1, max=5000
+    )
 
     dataprep = SynapseSparkStep(
         name="dataprep",

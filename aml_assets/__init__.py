@@ -24,7 +24,7 @@ _EXPORTS = {
         "PipelineValidationError",
         "StepFailedError",
     ],
-    "aml_assets.pipeline.parameters": ["PipelineParameter"],
+    "aml_assets.pipeline.parameters": ["ParameterValueError", "PipelineParameter"],
     "aml_assets.pipeline.definition": ["Pipeline"],
     "aml_assets.data.registry": ["DatasetRegistry", "RegisteredDataset"],
     "aml_assets.pipeline.steps": ["Environment", "PythonScriptStep", "SynapseSparkStep"],
@@ -70,5 +70,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         StepFailedError,
     )
     from aml_assets.pipeline.definition import Pipeline
-    from aml_assets.pipeline.parameters import PipelineParameter
+    from aml_assets.pipeline.parameters import ParameterValueError, PipelineParameter
     from aml_assets.pipeline.steps import Environment, PythonScriptStep, SynapseSparkStep

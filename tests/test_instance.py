@@ -81,7 +81,7 @@ def test_concurrent_first_use_then_runs(tmp_path):
         for _ in range(4)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out
         assert "RUN_SUCCESS" in out, out
     assert (home / CONFIG_NAME).read_bytes() == (REPO / "dagster.yaml").read_bytes()
@@ -118,7 +118,7 @@ def test_second_call_is_a_fast_no_op(tmp_path, monkeypatch):
     start = time.perf_counter()
     ensure_instance(home, default_config=REPO / "dagster.yaml")
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.05, f"second ensure_instance took {elapsed:.3f}s"
+    assert elapsed < 0.25, f"second ensure_instance took {elapsed:.3f}s"  # ~1 ms; first: ~1.4 s
     assert marker.stat().st_mtime_ns == stamp
 
     # From the command line it does not even import Dagster.

@@ -9,13 +9,13 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from dagster import (
     ConfigurableResource,
     Definitions,
 )
-from pydantic import Field, create_model
+from pydantic import Field, create_model, model_validator
 
 from aml_assets.compute.cluster import CpuCluster
 from aml_assets.compute.spark import SparkPool, memory_string_problem
@@ -25,18 +25,42 @@ from aml_assets.errors import (
     DatastoreError,
     PipelineValidationError,
 )
-from aml_assets.pipeline.parameters import PipelineParameter
+from aml_assets.pipeline.parameters import ParameterValueError, PipelineParameter
 from aml_assets.pipeline.steps import Step, SynapseSparkStep
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class PipelineRunSettings(ConfigurableResource):
-    """Per-run settings of a pipeline: its parameters, and whether to regenerate all outputs."""
+    """Per-run settings of a pipeline: its parameters, and whether to regenerate all outputs.
+
+    Dagster turns this model into the run config schema, but keeps only each field's type: a
+    value of the wrong type (``1e26`` for an int) or a str outside its ``choices`` (a Literal,
+    i.e. a config Enum) is refused at launch, before a run exists. Bounds (``ge``/``le``) do not
+    survive that conversion, so every parameter is also checked here, when Dagster builds the
+    resource from the run config: that happens before any step of the run starts, and the run
+    fails with a ``ParameterValueError`` naming the parameter, the value and what is allowed.
+    """
 
     regenerate_outputs: bool = Field(
         default=False, description="Run every step even when a reusable result exists."
     )
+    declared_parameters: ClassVar[tuple[PipelineParameter, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_parameter_values(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and any(p.name in data for p in cls.declared_parameters):
+            from aml_assets.pipeline.assets import RUN_SETTINGS_KEY
+
+            problems = [
+                problem
+                for p in cls.declared_parameters
+                if p.name in data and (problem := p.value_problem(data[p.name], RUN_SETTINGS_KEY))
+            ]
+            if problems:
+                raise ParameterValueError(problems)
+        return data
 
 
 class Pipeline:
@@ -144,27 +168,44 @@ class Pipeline:
                 f"the pipeline writes to datastore '{self.datastore}', which is not configured; "
                 f"add a Datastore resource named '{self.datastore}' (e.g. LocalDatastore())"
             )
-        params: dict[str, PipelineParameter] = {}
-        for step in self.steps:
-            for p in step.parameters():
-                other = params.setdefault(p.name, p)
-                if other is not p and other.default_value != p.default_value:
-                    problems.append(
-                        f"two different parameters are named '{p.name}' (defaults "
-                        f"{other.default_value!r} and {p.default_value!r}); share one PipelineParameter"
-                    )
-                if not _NAME.match(p.name) or p.name == "regenerate_outputs":
-                    problems.append(f"parameter name '{p.name}' is not allowed; use another name")
-                try:
-                    p.value_type  # noqa: B018 - raises on an unsupported type
-                except TypeError as exc:
-                    problems.append(str(exc))
+        problems.extend(self._parameter_problems())
         cycle = self._find_cycle()
         if cycle:
             problems.append(
                 f"steps form a cycle: {' -> '.join(cycle)}; a step cannot depend on its own output"
             )
         return problems
+
+    def _parameter_problems(self) -> list[str]:
+        """Names, clashes, types, bounds, choices and defaults of the pipeline's parameters."""
+        out: list[str] = []
+        params: dict[str, PipelineParameter] = {}
+        checked: set[int] = set()
+        for step in self.steps:
+            for p in step.parameters():
+                other = params.setdefault(p.name, p)
+                if other is not p and other.default_value != p.default_value:
+                    out.append(
+                        f"two different parameters are named '{p.name}' (defaults "
+                        f"{other.default_value!r} and {p.default_value!r}); share one PipelineParameter"
+                    )
+                elif other is not p and not other.same_declaration(p):
+                    out.append(
+                        f"two different parameters are named '{p.name}' ({other!r} and {p!r}); "
+                        "share one PipelineParameter"
+                    )
+                if id(p) in checked:
+                    continue
+                checked.add(id(p))
+                if (
+                    not _NAME.match(p.name)
+                    or p.name.startswith("_")  # pydantic would make it private, not a setting
+                    or p.name in PipelineRunSettings.model_fields
+                    or hasattr(PipelineRunSettings, p.name)
+                ):
+                    out.append(f"parameter name '{p.name}' is not allowed; use another name")
+                out.extend(p.declaration_problems())
+        return out
 
     def _step_problems(
         self, step: Step, producers: Mapping[str, list[str]], known: list[str], resources: Mapping[str, Any] | None
@@ -248,11 +289,10 @@ class Pipeline:
     # --- Dagster ----------------------------------------------------------------------------
     def settings_resource(self) -> PipelineRunSettings:
         """A resource holding this pipeline's parameters (with defaults) for run config."""
-        fields = {
-            p.name: (p.value_type, Field(default=p.default_value, description=p.description))
-            for p in self.parameters()
-        }
+        params = self.parameters()
+        fields = {p.name: _settings_field(p) for p in params}
         cls = create_model(f"{_camel(self.name)}Settings", __base__=PipelineRunSettings, **fields)
+        cls.declared_parameters = tuple(params)
         return cls()
 
     def to_definitions(self, resources: Mapping[str, Any], parallel: bool = False) -> Definitions:
@@ -268,6 +308,16 @@ class Pipeline:
 
         self.validate(resources)
         return build_definitions(self, resources, parallel)
+
+
+def _settings_field(p: PipelineParameter) -> tuple[Any, Any]:
+    """The pydantic field of a parameter: its type (a Literal for str choices), bounds, help."""
+    annotation: Any = p.value_type
+    if p.choices and p.value_type is str:
+        annotation = Literal[p.choices]  # a config Enum: refused at launch, a drop-down in the UI
+    description = f"{p.description} " if p.description else ""
+    description += f"Allowed: {p.allowed()}; default {p.default_value!r}."
+    return annotation, Field(default=p.default_value, description=description, ge=p.min, le=p.max)
 
 
 def _camel(name: str) -> str:
