@@ -49,6 +49,7 @@ test: install-test
 bench: install-test
 	$(BIN)/python bench/reuse.py
 	$(BIN)/python bench/datastore.py
+	$(BIN)/python bench/helper_edit.py
 
 lint: install
 	$(BIN)/ruff check aml_assets amlrun tests bench definitions.py resources code

@@ -7,7 +7,10 @@ the code of ``--baseline REV`` (default: the last commit before the import-closu
 extracted with ``git archive`` and run the same way in the same session, so both figures come
 from one machine at one time.
 
-    python bench/helper_edit.py [--baseline f11576f] [--steps 20]
+    python bench/helper_edit.py [--baseline f11576f] [--steps 20] [--reps 3]
+
+Each figure is the median of ``--reps`` repetitions (fresh datastore and instance each time),
+baseline and this checkout interleaved so that machine load hits both alike.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,10 +101,20 @@ def measure(source_root: Path, steps: int, work: Path) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
+def _medians(results: list[dict]) -> dict:
+    return {
+        case: {
+            key: statistics.median(r[case][key] for r in results) for key in ("reran", "seconds")
+        }
+        for case in results[0]
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="f11576f", help="git revision to compare with")
     parser.add_argument("--steps", type=int, default=20, help="fan-out width (default 20)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="aml-bench-helper-") as tmp:
         tmp = Path(tmp)
@@ -110,15 +124,18 @@ def main(argv: list[str] | None = None) -> int:
                                  cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
         started = time.perf_counter()
-        before = measure(old, args.steps, tmp / "before")
-        after = measure(REPO, args.steps, tmp / "after")
+        befores, afters = [], []
+        for rep in range(args.reps):
+            befores.append(measure(old, args.steps, tmp / f"before{rep}"))
+            afters.append(measure(REPO, args.steps, tmp / f"after{rep}"))
+        before, after = _medians(befores), _medians(afters)
         total = args.steps + 2
-        print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  (medians of {args.reps})")
         print(f"{total}-step pipeline, helper imported by {args.steps // 2} of {args.steps} fan-out steps")
         print(f"{'':26}{'baseline ' + args.baseline:>22}{'this checkout':>18}")
         for case in ("cold", "comment_edit", "helper_edit"):
             b, a = before[case], after[case]
-            print(f"{case + ': steps rerun':26}{b['reran']:>22}{a['reran']:>18}")
+            print(f"{case + ': steps rerun':26}{b['reran']:>22g}{a['reran']:>18g}")
             ratio = a["seconds"] / b["seconds"] if b["seconds"] else float("nan")
             print(f"{case + ': seconds':26}{b['seconds']:>22.2f}{a['seconds']:>18.2f}   ratio {ratio:.2f}")
         print(f"(measured in {time.perf_counter() - started:.0f} s)")

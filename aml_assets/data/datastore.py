@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -345,13 +345,17 @@ class LocalDatastore(Datastore):
     def _put(self, rel: str, data: bytes) -> None:
         # Temp file + rename: a crash or a full disk leaves the old file or the new one, never
         # a truncated one (an emptied record once broke every later run).
+        self._write_via_temp(rel, data, os.replace)
+
+    def _write_via_temp(self, rel: str, data: bytes, install: Callable[[Path, Path], None]) -> None:
+        """Write ``data`` beside the target, then ``install(tmp, target)`` it in one step."""
         target = self.local_path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
             with self._disk_errors(rel):
                 tmp.write_bytes(data)
-                os.replace(tmp, target)
+                install(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -378,19 +382,12 @@ class LocalDatastore(Datastore):
             target.unlink(missing_ok=True)
 
     def _create_exclusive(self, rel: str, data: bytes) -> bool:
-        target = self.local_path(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
         try:
-            with self._disk_errors(rel):
-                tmp.write_bytes(data)
-                # link() fails if the target exists, and the target appears complete or not at all.
-                os.link(tmp, target)
+            # link() fails if the target exists, and the target appears complete or not at all.
+            self._write_via_temp(rel, data, os.link)
             return True
         except FileExistsError:
             return False
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def publish_dir(self, local_dir: Path, rel: str) -> None:
         target = self.local_path(rel)

@@ -247,5 +247,5 @@ class DatastoreIOManager(ConfigurableIOManager):
                     f"Dataset '{ref.name}' is on a remote datastore; load it through DatasetRef "
                     "or the dataset registry instead of a DataFrame input."
                 )
-            return read_pandas(local, ref.format, ref.separator, ref.name)
+            return read_pandas(local, ref.format, ref.separator, ref.name, ref.reader)
         return ref

@@ -92,7 +92,7 @@ class RegisteredDataset:
             raise DatasetError(
                 f"Dataset '{self.name}' v{self.version} holds files, not a table; use local_path()."
             )
-        return read_pandas(self.local_path(), ref.format, ref.separator, self.name)
+        return read_pandas(self.local_path(), ref.format, ref.separator, self.name, ref.reader)
 
     def to_spark_dataframe(self, spark=None):
         """Load as a Spark DataFrame on the active (or given) SparkSession."""
