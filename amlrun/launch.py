@@ -1,4 +1,5 @@
-"""Launches a step script inside a Dagster Pipes session: ``python -m amlrun.launch SCRIPT ARGS``.
+"""Launches a step script inside a Dagster Pipes session: ``python -S .../amlrun/launch.py SCRIPT
+ARGS`` (``python -m amlrun.launch SCRIPT ARGS`` works too).
 
 The script itself needs no Dagster code: this wrapper opens the Pipes channel (so metrics and
 the script's failure reach Dagster), then runs the script as ``__main__`` with its arguments.
@@ -11,6 +12,9 @@ crashed) the supervisor notices (``PR_SET_PDEATHSIG`` and a poll of ``getppid()`
 and kills the script and everything it started with SIGKILL. It is a child subreaper too, so
 whatever the script started and left behind (even in another session) is killed when the script
 ends: no step process outlives its step.
+
+The script's ``sys.path`` starts with its own folder, then ``$AML_SOURCE_DIRECTORY`` (set by the
+runner), so a script in a subfolder imports the source directory's modules.
 """
 
 from __future__ import annotations
@@ -209,6 +213,8 @@ class _Supervisor:
 
 
 if __name__ == "__main__":
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]  # run by path without PYTHONSAFEPATH (Python < 3.11): not amlrun/ itself
     if hasattr(os, "fork"):
         supervise()
     if sys.flags.no_site:

@@ -21,7 +21,6 @@ from dagster._serdes import serialize_value
 
 from aml_assets import (
     DatasetRegistry,
-    FileDataset,
     LocalDatastore,
     LocalProcessCluster,
     OutputDataset,
@@ -47,7 +46,10 @@ from tests.support.runs import materializations, run_job, step_failure_messages
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = [pytest.mark.fault]
+pytestmark = [
+    pytest.mark.fault,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process faults are tested on Linux"),
+]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -186,6 +188,50 @@ def test_script_in_a_subfolder_imports_modules_of_the_source_directory(tmp_path,
     assert result.success, step_failure_messages(result)
     path = datastore.local_path(result.output_for_node("answer", "answer_out").path)
     assert (path / "answer.txt").read_text() == "42"
+
+
+# --- runs whose process is gone ------------------------------------------------------------------
+def test_runs_whose_process_is_gone_are_marked_failed(instance):
+    from dagster._core.test_utils import create_run_for_test
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    me = orphans.identity(os.getpid())
+
+    def started(tags):
+        return create_run_for_test(instance, job_name="j", status=DagsterRunStatus.STARTED, tags=tags)
+
+    dead = started(orphans.identity(os.getpid()) | {orphans.PID_TAG: str(ended.pid)})
+    reused = started(me | {orphans.START_TAG: "1"})  # our pid, but another process's start time
+    rebooted = started(me | {orphans.BOOT_TAG: "another-boot"})
+    living = started(me)
+    elsewhere = started(me | {orphans.PID_TAG: str(ended.pid), orphans.PIDNS_TAG: "pid:[1]"})
+    untagged = started({})
+    current = started(me)
+    marked = orphans.mark_orphans_failed(instance, current.run_id)
+    assert sorted(marked) == sorted([dead.run_id, reused.run_id, rebooted.run_id])
+    status = {r.run_id: instance.get_run_by_id(r.run_id).status for r in (dead, reused, rebooted, living, elsewhere, untagged, current)}
+    assert sorted(r for r, s in status.items() if s == DagsterRunStatus.FAILURE) == sorted(marked)
+    assert _failure_messages(instance, dead.run_id) == [
+        f"Run {dead.run_id}'s process (pid {ended.pid}) is gone: it was killed or crashed; "
+        f"marked failed by run {current.run_id}."
+    ]
+    assert "now belongs to another process" in _failure_messages(instance, reused.run_id)[0]
+    assert "the machine was restarted" in _failure_messages(instance, rebooted.run_id)[0]
+    assert orphans.mark_orphans_failed(instance, current.run_id) == []  # once
+
+
+def test_orphan_check_is_cheap(instance):
+    from dagster._core.test_utils import create_run_for_test
+
+    for _ in range(10):
+        create_run_for_test(instance, job_name="j", status=DagsterRunStatus.STARTED, tags=orphans.identity(os.getpid()))
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        orphans.mark_orphans_failed(instance, "current")
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[len(times) // 2] < 0.05, times  # ~2 ms here: it runs on every step
 
 
 # --- kill -9 of a whole run -----------------------------------------------------------------------
@@ -543,7 +589,7 @@ def test_script_step_stops_at_its_timeout(tmp_path, instance, datastore, stubbor
 
 @pytest.mark.slow
 @pytest.mark.spark
-@pytest.mark.parametrize("how", ["python-loop", "spark-job"])
+@pytest.mark.parametrize("how", ["python-loop", "spark-job", "caught"])
 def test_spark_step_stops_at_its_timeout(tmp_path, instance, datastore, spark_pool, how):
     code = tmp_path / "code"
     _write(
@@ -556,6 +602,13 @@ def test_spark_step_stops_at_its_timeout(tmp_path, instance, datastore, spark_po
             n = 0
             while True:
                 n += 1
+        elif sys.argv[2] == "caught":  # a script that swallows every exception, then goes on
+            try:
+                while True:
+                    pass
+            except Exception:
+                pass
+            time.sleep(3)
         else:
             spark.sparkContext.parallelize(range(2), 2).map(lambda x: time.sleep(120) or x).collect()
         """,
@@ -576,3 +629,224 @@ def test_spark_step_stops_at_its_timeout(tmp_path, instance, datastore, spark_po
     spark = SparkSession.builder.getOrCreate()
     assert spark.range(10).count() == 10
     wait_for(lambda: not spark.sparkContext.statusTracker().getActiveJobsIds(), 30, "no active Spark job")
+
+
+# --- secrets ------------------------------------------------------------------------------------
+SECRETS_DEFS = """
+from pathlib import Path
+from aml_assets import LocalProcessCluster, OutputDataset, Pipeline, PythonScriptStep, TabularDataset
+from aml_assets.data.workspace import workspace_datastore
+
+here = Path(__file__).parent
+code = here / "code"
+numbers = TabularDataset.from_delimited_files("numbers", "numbers/numbers.csv", seed=here / "seed.csv")
+steps = [
+    PythonScriptStep("leaky", "leaky.py", code, arguments=[numbers.as_download("numbers_in"), OutputDataset("leaky_out")]),
+    PythonScriptStep("creds", "creds.py", code, arguments=[OutputDataset("creds_out")], datastore_credentials=True),
+    PythonScriptStep("boom", "boom.py", code, arguments=[OutputDataset("boom_out")]),
+]
+defs = Pipeline("secrets", steps).to_definitions(
+    {"workspace": workspace_datastore("workspace"), "cpucluster": LocalProcessCluster()}
+)
+"""
+
+# Each script tries to leak the account key it was handed through a file (LEAK_FILE) in every
+# way a script's output reaches Dagster, and reports what its environment holds.
+LEAKY_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from amlrun import Run
+from dagster_pipes import PipesContext
+inp, out = sys.argv[1:3]
+key = Path(os.environ["LEAK_FILE"]).read_text()
+print("ENV:", dict(os.environ))
+print("CS:", os.environ.get("AZURE_STORAGE_CONNECTION_STRING"))
+print("KEY:", key)
+print("KEY on stderr:", key, file=sys.stderr)
+print(f"pattern AccountKey={key[:12]}and-more")
+sys.stdout.write("split " + key[:20]); sys.stdout.write(key[20:] + "\\n")
+run = Run.get_context()
+run.log("leak", f"key={key}")
+run.log("has_credentials", any(key in v for v in os.environ.values()))
+PipesContext.get().log.info(f"pipes log {key}")
+Path(out, "env.json").write_text(json.dumps(dict(os.environ)))
+"""
+
+CREDS_SCRIPT = """
+import hashlib, os, sys
+from pathlib import Path
+from amlrun import Run
+cs = os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
+Run.get_context().log("cs_sha", hashlib.sha256(cs.encode()).hexdigest())
+print("CS:", cs)
+Path(sys.argv[1], "ok.txt").write_text("ok")
+"""
+
+BOOM_SCRIPT = """
+import os, sys
+from pathlib import Path
+key = Path(os.environ["LEAK_FILE"]).read_text()
+print("about to fail with", key, file=sys.stderr)
+raise RuntimeError(f"cannot connect with AccountKey={key} ({key})")
+"""
+
+
+def _secret_variants(key: str, cs: str) -> list[str]:
+    return [key, cs, key[:24], key[-24:]]
+
+
+@pytest.mark.slow
+@pytest.mark.azurite
+def test_secrets_stay_out_of_dagster_and_the_container(tmp_path, azurite):
+    import uuid
+
+    code = tmp_path / "code"
+    _write(code / "leaky.py", LEAKY_SCRIPT)
+    _write(code / "creds.py", CREDS_SCRIPT)
+    _write(code / "boom.py", BOOM_SCRIPT)
+    (tmp_path / "seed.csv").write_text("id,value\n1,1\n2,4\n")
+    leak = tmp_path / "leak.txt"
+    leak.write_text(azurite.account_key)
+    defs = _write(tmp_path / "defs.py", SECRETS_DEFS)
+    home = _home(tmp_path)
+    container = f"t{uuid.uuid4().hex[:16]}"
+    azurite.create_container(container)
+    env = {
+        **os.environ,
+        "AML_DATASTORE": "azure",
+        "AML_AZURE_CONTAINER": container,
+        "AML_AZURE_PREFIX": "aml",
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "LEAK_FILE": str(leak),
+    }
+    code_, output = run_to_end(defs, "secrets", home, env, tmp_path / "run.log", timeout=300)
+    assert code_ != 0, "the boom step fails the run"
+    secrets = _secret_variants(azurite.account_key, azurite.connection_string)
+
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        [run] = instance.get_runs()
+        records = instance.all_logs(run.run_id)
+        texts = [serialize_value(r) for r in records]
+        mats = {}
+        for r in records:
+            if r.dagster_event and r.dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                m = r.dagster_event.event_specific_data.materialization
+                mats[m.asset_key.to_user_string()] = {k: v.value for k, v in m.metadata.items()}
+    finally:
+        instance.dispose()
+    # What Dagster recorded, nothing leaked: events, the run database, the compute logs.
+    for secret in secrets:
+        assert not any(secret in t for t in texts)
+    assert grep_tree(home, secrets) == []
+    assert secrets[0] not in output
+    captured = "".join(
+        p.read_text(errors="replace") for p in home.rglob("*") if p.suffix in (".out", ".err")
+    )
+    assert "KEY: ***" in captured and "KEY on stderr: ***" in captured, "output was captured, redacted"
+    assert "pattern AccountKey=***" in captured
+    assert mats["leaky_out"]["leak"] == "key=***"
+    assert mats["leaky_out"]["has_credentials"] is False, "the script saw no credential"
+    # A step that asks for credentials gets them (and its output is still redacted).
+    assert mats["creds_out"]["cs_sha"] == hashlib.sha256(azurite.connection_string.encode()).hexdigest()
+    failure = "\n".join(t for t in texts if "cannot connect with" in t)
+    assert "cannot connect with AccountKey=*** (***)" in failure
+
+    # Nothing in the container holds it either (the scripts' outputs, records, the ledger).
+    with azurite.blob_service_client() as client:
+        box = client.get_container_client(container)
+        names = [b.name for b in box.list_blobs()]
+        assert any(n.endswith("env.json") for n in names)
+        for name in names:
+            data = box.download_blob(name).readall()
+            for secret in secrets:
+                assert secret.encode() not in data, f"credential in blob {name}"
+
+
+SPARK_LEAKY = """
+import json, os, sys
+from pathlib import Path
+from amlrun import Run
+from pyspark.sql import SparkSession
+out = Path(sys.argv[1])
+key = Path(os.environ.get("LEAK_FILE") or sys.argv[2]).read_text()
+SparkSession.builder.getOrCreate().range(2).count()
+print("ENV:", dict(os.environ))
+print("KEY:", key, flush=True)
+print("KEY on stderr:", key, file=sys.stderr)
+Run.get_context().log("leak", key)
+(out / "env.json").write_text(json.dumps({"has_cs": "AZURE_STORAGE_CONNECTION_STRING" in os.environ}))
+if sys.argv[3] == "boom":
+    raise RuntimeError(f"cannot connect with AccountKey={key} ({key})")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_spark_step_secrets_are_scrubbed_and_redacted(tmp_path, instance, datastore, spark_pool, monkeypatch):
+    key = "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0xMjM0NTY3ODkw"
+    cs = f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};BlobEndpoint=http://127.0.0.1:1/acct;"
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", cs)
+    leak = tmp_path / "leak.txt"
+    leak.write_text(key)
+    code = tmp_path / "code"
+    _write(code / "leaky.py", SPARK_LEAKY)
+    steps = [
+        SynapseSparkStep("leaky", "leaky.py", code, arguments=[OutputDataset("leaky_out"), str(leak), "ok"]),
+        SynapseSparkStep("boom", "leaky.py", code, arguments=[OutputDataset("boom_out"), str(leak), "boom"]),
+    ]
+    defs = Pipeline("sparksecrets", steps).to_definitions({"workspace": LocalDatastore(), "spark01": spark_pool})
+    result = run_job(defs, instance, job="sparksecrets")
+    assert not result.success
+    assert os.environ["AZURE_STORAGE_CONNECTION_STRING"] == cs, "the environment is restored"
+    mats = materializations(result)
+    assert mats["leaky_out"]["leak"] == "***"
+    seen = json.loads((datastore.local_path(result.output_for_node("leaky", "leaky_out").path) / "env.json").read_text())
+    assert seen == {"has_cs": False}
+    [failure] = step_failure_messages(result)
+    assert "raised RuntimeError: cannot connect with AccountKey=*** (***)" in failure
+    assert "--- traceback ---" in failure
+    texts = [serialize_value(r) for r in instance.all_logs(result.run_id)]
+    for secret in _secret_variants(key, cs):
+        assert not any(secret in t for t in texts)
+    assert grep_tree(Path(instance.root_directory), _secret_variants(key, cs)) == []
+    captured = "".join(
+        p.read_text(errors="replace") for p in Path(instance.root_directory).rglob("*") if p.suffix in (".out", ".err")
+    )
+    assert "KEY: ***" in captured and "KEY on stderr: ***" in captured
+
+
+def test_redaction_and_step_environment():
+    from aml_assets.compute.secrets import RedactingWriter, Redactor, collect_secrets, step_env
+
+    class Store:
+        def _secrets(self):
+            return ["s3cr3t-key-value", "tiny"]
+
+    cs = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=QUJDREVGR0g=;EndpointSuffix=x"
+    env = {
+        "PATH": "/bin",
+        "AZURE_STORAGE_CONNECTION_STRING": cs,
+        "AZURE_CLIENT_SECRET": "whatever-it-is",
+        "MY_COPY": "prefix s3cr3t-key-value suffix",
+        "SAS_URL": "https://a.blob.core.windows.net/c?sv=2020&sig=abcdef123",
+    }
+    secrets = collect_secrets([Store(), object()])
+    assert "s3cr3t-key-value" in secrets and "tiny" not in secrets, "short values are not secrets"
+    assert step_env(env, secrets, credentials=False) == {"PATH": "/bin"}
+    assert step_env(env, secrets, credentials=True) == env
+    redact = Redactor(secrets)
+    assert redact(f"{cs} and s3cr3t-key-value") == (
+        "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=***;EndpointSuffix=x and ***"
+    )
+    assert redact(env["SAS_URL"]) == "https://a.blob.core.windows.net/c?sv=2020&sig=***"
+    assert redact.value({"a": ["s3cr3t-key-value", 1]}) == {"a": ["***", 1]}
+
+    import io
+
+    sink = io.StringIO()
+    writer = RedactingWriter(sink, redact)
+    writer.write("half s3cr3t-")
+    writer.write("key-value\nnext s3cr3t-key-value")
+    writer.flush()
+    assert sink.getvalue() == "half ***\nnext ***"

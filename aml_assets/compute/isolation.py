@@ -18,14 +18,16 @@ else, and ``python -I -S isolation.py --probe DIR`` is the capability probe.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+
+TYPE_CHECKING = False  # not ``typing.TYPE_CHECKING``: importing typing alone costs milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from pathlib import Path
+
+# Only what a script process needs before its script runs is imported at the top (the probe
+# and the launcher import this module; each millisecond is paid on every step).
 
 #: Paths the script must see read-only (JSON list); the same name as ``amlrun.launch.READONLY_ENV``.
 READONLY_ENV = "AML_READONLY_PATHS"
@@ -76,7 +78,7 @@ def enter_readonly_view(paths: Iterable[str]) -> None:
         _check(libc.mount(None, raw, None, flags, None), f"remount {path} read-only")
 
 
-def _probe(folder: str) -> int:
+def _probe_in(folder: str) -> int:
     """In a fresh process: 0 when a read-only view works (a write is refused), else 1."""
     import errno
 
@@ -89,8 +91,19 @@ def _probe(folder: str) -> int:
     return 1
 
 
-@functools.lru_cache(maxsize=1)
+_probed: list[bool] = []
+
+
 def _probe_result() -> bool:
+    if not _probed:
+        _probed.append(_probe())
+    return _probed[0]
+
+
+def _probe() -> bool:
+    import subprocess
+    import tempfile
+
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         return False
     with tempfile.TemporaryDirectory(prefix="aml-isolation-probe-") as folder:
@@ -124,6 +137,9 @@ def needs_copies() -> bool:
 
 def private_copies(paths: Iterable[str], dest: Path) -> dict[str, str]:
     """Copy each path (a file or a folder) under ``dest``; returns original -> copy."""
+    import shutil
+    from pathlib import Path
+
     out: dict[str, str] = {}
     for i, path in enumerate(dict.fromkeys(paths)):
         src = Path(path)
@@ -189,4 +205,4 @@ def input_names(paths: Iterable[str], inputs: Mapping[str, Mapping[str, object]]
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--probe"]:
-    sys.exit(_probe(sys.argv[2]))
+    sys.exit(_probe_in(sys.argv[2]))

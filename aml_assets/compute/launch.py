@@ -231,9 +231,11 @@ def run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]:
     # whether it changed them is checked after it.
     inputs_before = isolation.snapshot(launch.readonly_paths)
     try:
-        with pool.step_session(launch.log, launch.spark_conf, launch.step) as session, watchdog.on(
-            session
-        ), in_process_run(run), pool.script_environment(), _contained(launch):
+        # Contained first: a session the step starts gets a JVM (and Python workers) without
+        # the datastore credentials in its environment too.
+        with _contained(launch), pool.step_session(
+            launch.log, launch.spark_conf, launch.step
+        ) as session, watchdog.on(session), in_process_run(run), pool.script_environment():
             runpy.run_path(str(launch.script), run_name="__main__")
     except StepTimeoutError:
         raise launch.timeout_error() from None
@@ -256,14 +258,16 @@ def run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]:
             module_file = getattr(sys.modules[name], "__file__", None) or ""
             if module_file.startswith(source):
                 del sys.modules[name]
+    if watchdog.fired:  # the script caught the timeout (``except Exception``) and went on
+        raise launch.timeout_error()
     _check_inputs_unchanged(launch, inputs_before)
     return launch.redactor().value(metrics)
 
 
 @contextlib.contextmanager
 def _contained(launch: StepLaunch):
-    """While an in-process script runs: no credentials in ``os.environ`` (unless the step asks
-    for them), and its output redacted."""
+    """While an in-process step runs: no credentials in ``os.environ`` (unless the step asks
+    for them), and its script's output redacted."""
     with scrubbed_environ(launch.secrets, launch.datastore_credentials), redacted_stdio(
         launch.redactor()
     ):
@@ -295,7 +299,9 @@ def _check_inputs_unchanged(launch: StepLaunch, before: isolation.Snapshot) -> N
 def _cancel_spark(session: Any) -> None:
     """Stop whatever Spark work a timed-out step has running."""
     try:
-        if hasattr(session, "interruptAll"):  # Spark Connect
+        # A classic session has interruptAll too (Spark 4), but it only stops the session's
+        # tagged SQL work, not the RDD jobs a script submits: cancel every job of the context.
+        if type(session).__module__.startswith("pyspark.sql.connect"):
             session.interruptAll()
         else:
             session.sparkContext.cancelAllJobs()
@@ -312,6 +318,8 @@ class _Watchdog:
         self._timer: threading.Timer | None = None
         self._thread_id = threading.get_ident()
         self._session: Any = None
+        self._lock = threading.Lock()
+        self._done = False
 
     def on(self, session: Any) -> _Watchdog:
         """Watch a step that runs on ``session`` (its Spark jobs are cancelled at the timeout)."""
@@ -319,11 +327,14 @@ class _Watchdog:
         return self
 
     def _fire(self) -> None:
-        self.fired = True
-        self.cancel(self._session)
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(self._thread_id), ctypes.py_object(StepTimeoutError)
-        )
+        with self._lock:
+            if self._done:  # the step ended just now: nothing to stop
+                return
+            self.fired = True
+            self.cancel(self._session)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._thread_id), ctypes.py_object(StepTimeoutError)
+            )
 
     def __enter__(self) -> _Watchdog:
         if self.timeout:
@@ -335,6 +346,12 @@ class _Watchdog:
     def __exit__(self, *exc: Any) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        with self._lock:
+            self._done = True
+            if self.fired:
+                # Not yet raised (the step was ending): it must not go off later, in Dagster's
+                # code; the caller sees ``fired`` and reports the timeout.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
 
 
 def _pump(stream, sink, tail: collections.deque | None, redact: Redactor | None = None) -> None:

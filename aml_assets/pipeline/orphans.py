@@ -22,6 +22,8 @@ PID_TAG = "aml/pid"
 HOST_TAG = "aml/host"
 BOOT_TAG = "aml/boot"
 START_TAG = "aml/pid_start"
+#: The pid namespace: two containers on one host (same host name) see different processes.
+PIDNS_TAG = "aml/pid_ns"
 
 # Runs this process has tagged already (a run's steps run in one process, or in children of it).
 _tagged: set[str] = set()
@@ -37,6 +39,14 @@ def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as fh:
             return fh.read().strip()
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
 
@@ -84,6 +94,7 @@ def identity(pid: int | None = None) -> dict[str, str]:
         PID_TAG: str(pid),
         HOST_TAG: _host(),
         BOOT_TAG: _boot_id(),
+        PIDNS_TAG: _pid_namespace(),
         START_TAG: process_start(pid) or "",
     }
 
@@ -94,6 +105,9 @@ def gone_reason(tags: dict[str, str]) -> str | None:
         pid = int(tags[PID_TAG])
     except (KeyError, ValueError):
         return None
+    namespace = tags.get(PIDNS_TAG, "")
+    if namespace and _pid_namespace() and namespace != _pid_namespace():
+        return None  # another container's process: not ours to judge
     gone = f"process (pid {pid}) is gone"
     boot = tags.get(BOOT_TAG, "")
     if boot and _boot_id() and boot != _boot_id():
