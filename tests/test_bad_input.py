@@ -54,3 +54,37 @@ def test_path_escaping_the_datastore_root_is_refused_before_anything_runs(tmp_pa
         "root. Use a path relative to the root without '..' or a scheme, e.g. 'titanic/titanic.csv'."
     ]
     assert small_pipeline(tmp_path).problems() == []
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"PAR1 this is not really parquet", "is not a readable Parquet file"),
+    ],
+    ids=["zero-bytes", "garbage"],
+)
+def test_unreadable_parquet_source(tmp_path, instance, datastore, content, expected):
+    from aml_assets import (
+        LocalDatastore,
+        LocalProcessCluster,
+        OutputDataset,
+        Pipeline,
+        PythonScriptStep,
+        TabularDataset,
+    )
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "s.py").write_text("raise SystemExit('the step must not start')\n")
+    datastore.write_bytes("numbers/part-0.parquet", content)
+    source = TabularDataset.from_parquet_files("numbers", "numbers")
+    step = PythonScriptStep(name="copy", script="s.py", source_directory=code,
+                            arguments=[source.as_download(), OutputDataset("copied")])
+    defs = Pipeline("small", [step]).to_definitions(
+        {"workspace": LocalDatastore(), "cpucluster": LocalProcessCluster()}
+    )
+    message = _fails_before_step(run_job(defs, instance, job="small"), datastore)
+    assert "Dataset 'numbers': file" in message and "part-0.parquet" in message
+    assert expected in message and "Re-upload the file" in message
+    assert "ArrowInvalid" not in message.splitlines()[0]

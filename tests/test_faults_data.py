@@ -401,3 +401,29 @@ def test_registry_records_cannot_be_rewritten_through_the_public_api(tmp_path, i
     mats = materializations(third)["copied"]
     assert mats["reused"] is False  # another parameter value: recomputed, to the same content
     assert (mats["dataset_version"], mats["dataset_version_created"]) == (2, False)
+
+
+def test_corrupt_caches_are_discarded_and_rebuilt(tmp_path, instance, datastore, monkeypatch):
+    """An emptied statistics cache entry, an emptied latest-run pointer and a garbage stat-cache
+    database each once broke every later run; each is now logged, discarded and rebuilt."""
+    defs = small_defs(tmp_path)
+    first = run_job(defs, instance, job="small")
+    assert first.success
+    stats = list(datastore.local_path(layout.STATS).iterdir())
+    assert stats
+    for path in stats:
+        path.write_bytes(b"")
+    datastore.local_path(layout.latest_run_pointer("copy")).write_bytes(b"")
+    cache_db = Path(os.environ["AML_CACHE_DIR"]) / "stat-cache.sqlite"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{cache_db}{suffix}").unlink(missing_ok=True)
+    cache_db.write_bytes(b"this is not a database" * 100)
+
+    second = run_job(defs, instance, job="small")
+    assert second.success
+    assert materializations(second)["copied"]["reused"] is True
+    messages = "\n".join(log_messages(instance, second.run_id))
+    assert "Discarding the unreadable statistics cache" in messages
+    assert all(json.loads(p.read_bytes())["row_count"] == 20 for p in stats)  # rebuilt
+    # The pointer is rewritten whole by the next decision.
+    assert json.loads(datastore.read_bytes(layout.latest_run_pointer("copy")))["run_id"] == second.run_id

@@ -28,8 +28,7 @@ from aml_assets.compute import isolation
 from aml_assets.compute.cluster import CpuCluster
 from aml_assets.compute.secrets import (
     Redactor,
-    current_datastore_credentials,
-    current_secrets,
+    collect_secrets,
     redacted_stdio,
     scrubbed_environ,
     step_env,
@@ -60,10 +59,10 @@ class StepLaunch:
     #: Saved data delivered in place (mount/direct inputs): the script must not be able to change it.
     readonly_paths: list[str] = field(default_factory=list)
     #: Secret values the step's datastores hold: kept out of its environment, redacted from its
-    #: output. Filled by the op's ``secrets.step_secrets`` scope unless given.
-    secrets: list[str] = field(default_factory=current_secrets)
+    #: output (``secrets.collect_secrets`` of the datastores the step can reach).
+    secrets: list[str] = field(default_factory=lambda: collect_secrets([]))
     #: Whether the script may see datastore credentials in its environment (the step's setting).
-    datastore_credentials: bool = field(default_factory=current_datastore_credentials)
+    datastore_credentials: bool = False
 
     def redactor(self) -> Redactor:
         """Redacts this step's secrets (and key-like assignments) from text."""

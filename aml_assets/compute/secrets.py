@@ -5,19 +5,17 @@ A step's script gets no datastore credential unless its step sets ``datastore_cr
 credential variables. Whatever a step prints, reports or raises is passed through a
 ``Redactor`` before Dagster stores it (compute logs, the event log, failure messages, metrics).
 
-The op (``pipeline/assets.py``) knows the datastores a step can reach; it opens a
-``step_secrets`` scope around the step's execution, and the step's ``StepLaunch`` takes its
-``secrets`` and ``datastore_credentials`` from that scope.
+The op (``pipeline/assets.py``) knows the datastores a step can reach: it collects their secrets
+with ``collect_secrets`` and hands them, with the step's ``datastore_credentials``, to the
+step's execution, which passes them on in its ``StepLaunch``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 REDACTED = "***"
@@ -175,39 +173,3 @@ def redacted_stdio(redact: Redactor) -> Iterator[None]:
 
 
 # --- the secrets of the step being run -----------------------------------------------------------
-@dataclass(frozen=True)
-class StepSecrets:
-    """What the op knows about credentials for the step it runs."""
-
-    values: tuple[str, ...] = ()
-    datastore_credentials: bool = False
-
-
-_current: contextvars.ContextVar[StepSecrets | None] = contextvars.ContextVar(
-    "aml_step_secrets", default=None
-)
-
-
-@contextlib.contextmanager
-def step_secrets(values: Iterable[str], datastore_credentials: bool) -> Iterator[StepSecrets]:
-    """Make ``values`` the secrets of the step executed in this block."""
-    scope = StepSecrets(tuple(values), bool(datastore_credentials))
-    token = _current.set(scope)
-    try:
-        yield scope
-    finally:
-        _current.reset(token)
-
-
-def current_secrets() -> list[str]:
-    """The secrets of the step being run (and of the well-known credential variables)."""
-    scope = _current.get()
-    return collect_secrets([]) if scope is None else sorted(
-        set(scope.values) | set(collect_secrets([])), key=len, reverse=True
-    )
-
-
-def current_datastore_credentials() -> bool:
-    """Whether the step being run may see datastore credentials."""
-    scope = _current.get()
-    return bool(scope and scope.datastore_credentials)

@@ -317,7 +317,7 @@ class LocalDatastore(Datastore):
 
     def scratch_dir(self, label: str) -> Path:
         # On the datastore's own filesystem, so publishing is a rename, not a copy.
-        scratch = self.root_dir() / "_tmp"
+        scratch = self.root_dir() / layout.TMP
         scratch.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
 

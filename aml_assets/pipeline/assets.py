@@ -200,7 +200,7 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
         description=step.description or f"{step.kind} step running {step.script}",
     )
     def _step(context, **refs):
-        from aml_assets.compute.secrets import collect_secrets, step_secrets
+        from aml_assets.compute.secrets import collect_secrets
         from aml_assets.pipeline.orphans import watch_run
 
         watch_run(context)  # tag this run with its process; fail runs whose process is gone
@@ -224,11 +224,10 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
             compute=getattr(context.resources, step.compute_target),
             stat_cache=open_stat_cache(),
             dagster_context=context,
+            secrets=collect_secrets(getattr(context.resources, k) for k in stores),
         )
-        secrets = collect_secrets(getattr(context.resources, k) for k in stores)
         try:
-            with step_secrets(secrets, step.datastore_credentials):
-                result = execution.execute()
+            result = execution.execute()
         finally:
             execution.stat_cache.close()
         workspace = getattr(context.resources, pipeline.datastore)

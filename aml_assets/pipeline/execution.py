@@ -15,7 +15,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,8 @@ class StepExecution:
     compute: CpuCluster | SparkPool
     stat_cache: StatCache
     dagster_context: Any = None
+    #: Secret values of the datastores the step can reach: kept out of its process and output.
+    secrets: list[str] = field(default_factory=list)
 
     # --- fingerprint -----------------------------------------------------------------------
     def symbolic_arguments(self) -> list[str]:
@@ -276,6 +278,8 @@ class StepExecution:
                     python=step.environment.python,
                     spark_conf=step.spark_conf() if isinstance(step, SynapseSparkStep) else {},
                     readonly_paths=readonly,
+                    secrets=self.secrets,
+                    datastore_credentials=step.datastore_credentials,
                 )
                 if isinstance(self.compute, SparkPool):
                     metrics = run_spark_in_process(self.compute, launch)
