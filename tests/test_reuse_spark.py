@@ -95,7 +95,7 @@ def test_each_spark_step_runs_with_its_own_settings_and_pool_settings_are_hashed
     # And the shared session is left as the pool configured it.
     from pyspark.sql import SparkSession
 
-    session = SparkSession.getActiveSession()
+    session = SparkSession.builder.getOrCreate()
     assert session.conf.get("spark.sql.shuffle.partitions") == "2"
 
 

@@ -465,8 +465,15 @@ class SparkPool(ConfigurableResource):
         self._check_reachable()
         from pyspark.sql.connect.session import SparkSession as ConnectSession
 
+        # A classic session's SparkContext (a JVM in this process) rules out Connect mode here,
+        # whether or not that session is the thread's active one.
+        from pyspark import SparkContext
+
         running = SparkSession.getActiveSession()
-        if running is not None and not isinstance(running, ConnectSession):
+        classic = SparkContext._active_spark_context is not None or (
+            running is not None and not isinstance(running, ConnectSession)
+        )
+        if classic:
             raise ComputeTargetError(
                 f"Spark pool is configured for Spark Connect ({self.remote}), but a local "
                 "SparkSession already runs in this process and PySpark cannot hold both. Use one "
