@@ -119,3 +119,41 @@ def test_fingerprint_changes_with_each_component_and_explains_it():
         "upgrade; each step reruns once"
     ]
     assert explain_difference(base.components(), base.components()) == []
+
+
+def _open_and_use_cache(path: str, worker: int, barrier, results) -> None:
+    try:
+        barrier.wait()
+        cache = StatCache(path)
+        st = os.stat(path)
+        cache.store(st, f"digest{worker}", kind=f"worker{worker}")
+        cache.close()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which names it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_many_processes_opening_a_new_stat_cache_at_once(tmp_path):
+    """Concurrent step processes create the cache together: none may fail ("database is
+    locked" on switching a new database to WAL) and none may discard another's database."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    failures = []
+    for trial in range(8):
+        path = tmp_path / f"cache{trial}.sqlite"
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [
+            ctx.Process(target=_open_and_use_cache, args=(str(path), i, barrier, results)) for i in range(6)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        failures += [r for r in (results.get(timeout=10) for _ in procs) if r != "ok"]
+        # Every process's entry is in the one database (none wrote into a discarded file).
+        cache = StatCache(path)
+        rows = cache._conn.execute("SELECT kind, digest FROM file_digests").fetchall()
+        cache.close()
+        assert sorted(rows) == [(f"worker{i}", f"digest{i}") for i in range(6)], rows
+    assert failures == []

@@ -116,7 +116,7 @@ def test_two_concurrent_runs_of_one_fingerprint_are_safe(tmp_path, datastore):
     outs = [p.communicate(timeout=180) for p in procs]
     results = [line.split() for out, _ in outs for line in out.splitlines() if line.startswith("RESULT")]
     assert len(results) == 2, [err[:3000] for _, err in outs]
-    assert all(r[1] == "True" for r in results)
+    assert all(r[1] == "True" for r in results), [err[-4000:] for _, err in outs]
     # Each run saw a complete output; whichever published, the bytes are identical and whole.
     contents = {(datastore.local_path(r[3]) / "data.csv").read_text() for r in results}
     assert len(contents) == 1 and next(iter(contents)).count("\n") == 21

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dagster import PipesTempFileContextInjector, PipesTempFileMessageReader, open_pipes_session
+
 from aml_assets.compute import isolation
 from aml_assets.compute.cluster import CpuCluster
 from aml_assets.compute.secrets import (
@@ -104,8 +106,6 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
     The process gets no datastore credential (unless the step asks for them), sees the saved
     data it reads in place read-only, and everything it prints or reports is redacted.
     """
-    from dagster import PipesTempFileContextInjector, open_pipes_session
-
     redact = launch.redactor()
     launch, protect_env = _protect_inputs(launch)
     ctx_file = launch.workdir / "run-context.json"
@@ -118,7 +118,7 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
     with open_pipes_session(
         context=launch.dagster_context,
         context_injector=PipesTempFileContextInjector(),
-        message_reader=_redacting_message_reader(redact),
+        message_reader=_RedactingMessageReader(redact),
     ) as session:
         env = {
             **os.environ,
@@ -177,28 +177,18 @@ def _protect_inputs(launch: StepLaunch) -> tuple[StepLaunch, dict[str, str]]:
     return dataclasses.replace(launch, arguments=arguments, context=context, readonly_paths=[]), {}
 
 
-_READER_CLASS: Any = None
-
-
-def _redacting_message_reader(redact: Redactor) -> Any:
+class _RedactingMessageReader(PipesTempFileMessageReader):
     """A Pipes message reader (temp file) that redacts every message before Dagster sees it:
     logs, metrics, materialization metadata and reported exceptions alike."""
-    global _READER_CLASS
-    if _READER_CLASS is None:
-        from dagster import PipesTempFileMessageReader
 
-        class _RedactingMessageReader(PipesTempFileMessageReader):
-            def __init__(self, redact: Redactor):
-                super().__init__()
-                self._redact = redact
+    def __init__(self, redact: Redactor):
+        super().__init__()
+        self._redact = redact
 
-            @contextlib.contextmanager
-            def read_messages(self, handler: Any):
-                with super().read_messages(_RedactingHandler(handler, self._redact)) as params:
-                    yield params
-
-        _READER_CLASS = _RedactingMessageReader
-    return _READER_CLASS(redact)
+    @contextlib.contextmanager
+    def read_messages(self, handler: Any):
+        with super().read_messages(_RedactingHandler(handler, self._redact)) as params:
+            yield params
 
 
 class _RedactingHandler:

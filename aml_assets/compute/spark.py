@@ -463,11 +463,10 @@ class SparkPool(ConfigurableResource):
 
         started = time.perf_counter()
         self._check_reachable()
-        from pyspark.sql.connect.session import SparkSession as ConnectSession
-
         # A classic session's SparkContext (a JVM in this process) rules out Connect mode here,
         # whether or not that session is the thread's active one.
         from pyspark import SparkContext
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
 
         running = SparkSession.getActiveSession()
         classic = SparkContext._active_spark_context is not None or (

@@ -65,6 +65,10 @@ class StatCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = self._open()
+        except sqlite3.OperationalError:
+            # Busy or locked (another step process holds it): not corruption. Never discard a
+            # database another process is using; let the caller see the error.
+            raise
         except sqlite3.DatabaseError as exc:
             logging.getLogger(__name__).warning(
                 "Stat cache %s is unreadable (%s); discarding it and starting a new one.", self.path, exc
@@ -74,19 +78,33 @@ class StatCache:
             self._conn = self._open()
 
     def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS file_digests (dev INTEGER, ino INTEGER, kind TEXT,"
-                " size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT, recorded_ns INTEGER,"
-                " PRIMARY KEY (dev, ino, kind))"
-            )
-        except sqlite3.DatabaseError:
-            conn.close()
-            raise
-        return conn
+        # Several step processes open a new cache at once (the multiprocess executor, concurrent
+        # runs); switching a new database to WAL takes a lock that SQLite's busy timeout does not
+        # wait for, so "database is locked" here is retried, not fatal.
+        delay = 0.01
+        for attempt in range(60):
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS file_digests (dev INTEGER, ino INTEGER, kind TEXT,"
+                    " size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, digest TEXT,"
+                    " recorded_ns INTEGER, PRIMARY KEY (dev, ino, kind))"
+                )
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or attempt == 59:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except sqlite3.DatabaseError:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def lookup(self, st: os.stat_result, kind: str = "raw") -> str | None:
         """The cached digest for a file with this stat, or None when unknown or racily clean."""
