@@ -427,3 +427,19 @@ def test_corrupt_caches_are_discarded_and_rebuilt(tmp_path, instance, datastore,
     assert all(json.loads(p.read_bytes())["row_count"] == 20 for p in stats)  # rebuilt
     # The pointer is rewritten whole by the next decision.
     assert json.loads(datastore.read_bytes(layout.latest_run_pointer("copy")))["run_id"] == second.run_id
+
+
+def test_a_users_own_datasets_folder_stays_theirs(datastore, tmp_path):
+    """Only the registry's records are protected: a user's data in a folder named 'datasets'
+    can be uploaded, rewritten and deleted as usual, until it holds registered versions."""
+    local = tmp_path / "sales.csv"
+    local.write_text("a\n1\n")
+    assert datastore.upload_files([local], "datasets/raw") == ["datasets/raw/sales.csv"]
+    datastore.upload_files([local], "datasets/raw", overwrite=True)
+    datastore.write_bytes("datasets/notes.txt", b"mine")
+    datastore.delete("datasets/raw")
+    datastore.delete("datasets")
+    datastore._create_record(layout.version_record("copied", 1), b"{}")
+    for rel in (layout.DATASETS, "datasets/copied", layout.versions_dir("copied")):
+        with pytest.raises(DatastoreError, match="it holds records aml-assets manages"):
+            datastore.delete(rel)

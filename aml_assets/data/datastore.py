@@ -174,7 +174,8 @@ class Datastore(ConfigurableResource, ABC):
             ) from exc
 
     def _refuse_protected(self, rel: str, action: str) -> None:
-        if layout.is_protected(check_relative_path(self.name, rel)):
+        rel_path = check_relative_path(self.name, rel)
+        if layout.is_protected(rel_path) or (action == "delete" and self._holds_records(rel_path)):
             raise DatastoreError(
                 f"Datastore '{self.name}': cannot {action} '{rel}': it holds records aml-assets "
                 "manages (published step outputs, the reuse ledger, registered dataset versions), "
@@ -182,6 +183,18 @@ class Datastore(ConfigurableResource, ABC):
                 "DatasetRegistry.delete_version(..., force=True) (CLI: aml-assets datasets delete "
                 "--force); remove unused step outputs with 'aml-assets gc'."
             )
+
+    def _holds_records(self, rel: str) -> bool:
+        """Whether deleting the folder ``rel`` would delete registered versions or tombstones
+        (``datasets`` itself, or ``datasets/<name>``)."""
+        parts = rel.split("/")
+        if parts[0] != layout.DATASETS or len(parts) > 2:
+            return False
+        names = [parts[1]] if len(parts) == 2 else self.list_dir(layout.DATASETS)
+        return any(
+            self.list_dir(layout.versions_dir(name)) or self.list_dir(layout.tombstones_dir(name))
+            for name in names
+        )
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write (or replace) a small file atomically. Refused for aml-assets' own records."""

@@ -26,9 +26,6 @@ REFS = "_refs"
 STATS = "_stats"
 TMP = "_tmp"
 
-#: Prefixes holding records only aml-assets writes: the public Datastore write and delete
-#: methods refuse them, so registry records and published outputs cannot be rewritten by hand.
-PROTECTED_PREFIXES = (STEPS, DATASETS)
 
 _VERSION_WIDTH = 6  # zero-padded, so a listing sorts by version
 
@@ -135,6 +132,12 @@ def stats_record(content_hash: str) -> str:
 
 
 def is_protected(rel: str) -> bool:
-    """Whether a datastore-relative path holds records only aml-assets may write or delete."""
-    first = PurePosixPath(rel).parts[0] if rel else ""
-    return first in PROTECTED_PREFIXES
+    """Whether a datastore-relative path holds records only aml-assets may write or delete:
+    anything under ``steps/``, and the version and tombstone records under ``datasets/<name>/``
+    (a user's own data in a folder named ``datasets`` stays theirs)."""
+    parts = PurePosixPath(rel).parts if rel else ()
+    if not parts:
+        return False
+    if parts[0] == STEPS:
+        return True
+    return parts[0] == DATASETS and len(parts) >= 3 and parts[2] in ("versions", "tombstones")

@@ -147,7 +147,7 @@ class StepExecution:
         return f"{Path(self.step.source_directory).name}/{path}"
 
     # --- decide, then reuse or run -----------------------------------------------------------
-    def decide(self, fp: StepFingerprint, ledger: StepLedger) -> Decision:
+    def decide(self, fp: StepFingerprint, ledger: StepLedger, previous: RunRecord | None) -> Decision:
         """Gather the facts from the ledger (checking saved outputs) and decide."""
         digest = fp.digest
 
@@ -164,7 +164,7 @@ class StepExecution:
             allow_reuse=self.step.allow_reuse,
             regenerate=self.regenerate,
             candidates=ledger.candidates(digest, check),
-            previous=ledger.latest_record(exclude_run=self.run_id),
+            previous=previous,
             code_label=self.code_label,
         )
 
@@ -176,7 +176,8 @@ class StepExecution:
         for note in notes:
             log.warning(f"Step '{step.name}': {note}")
         ledger = StepLedger(self.datastore, step.name)
-        decision = self.decide(fp, ledger)
+        previous = ledger.latest_record(exclude_run=self.run_id)
+        decision = self.decide(fp, ledger, previous)
         for warning in decision.warnings:
             log.error(f"Step '{step.name}': {warning}")
         if decision.forget:
@@ -192,7 +193,7 @@ class StepExecution:
             code_prefix=Path(step.source_directory).name,
             notes=notes,
         )
-        ledger.start_record(record)
+        ledger.start_record(record, previous)
         if decision.commit is not None:
             log.info(
                 f"Step '{step.name}' reused outputs of run {decision.commit.run_id} "

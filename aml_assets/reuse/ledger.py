@@ -80,9 +80,9 @@ class StepLedger:
             self.datastore._delete_record(f"{base}/{name}")
 
     # --- run records ----------------------------------------------------------------------------
-    def start_record(self, record: RunRecord) -> RunRecord:
-        """Write a run's first record (its decision), linked to the newest record before it."""
-        previous = self.latest_record(exclude_run=record.run_id)
+    def start_record(self, record: RunRecord, previous: RunRecord | None) -> RunRecord:
+        """Write a run's first record (its decision), linked to ``previous``: the newest record
+        before it, which the decision compared with (``latest_record(exclude_run=...)``)."""
         record.previous = previous.name if previous else None
         record.created = record.created or time.time()
         record.name = layout.run_record(self.step, time.time_ns(), record.run_id).rsplit("/", 1)[-1]
