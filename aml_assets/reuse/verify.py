@@ -4,13 +4,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from aml_assets.data import layout
 from aml_assets.data.content import ManifestEntry, StatCache
-from aml_assets.data.datastore import Datastore
+from aml_assets.data.datastore import Datastore, open_stat_cache
 from aml_assets.data.integrity import check_content
+from aml_assets.data.registry import DatasetRegistry
+from aml_assets.reuse.ledger import StepLedger
 from aml_assets.reuse.records import FileRecord, PublishedOutput
 
 
@@ -34,7 +38,6 @@ def check_output(
 ) -> tuple[bool, list[str]]:
     """(present, problems) of one published output: present is False when it was deleted."""
     return check_content(store, output.path, [asdict(f) for f in output.files], cache)
-
 
 
 # --- verifying a whole datastore (aml-assets verify) ------------------------------------------
@@ -83,17 +86,6 @@ class VerifyReport:
         )
 
 
-def _as_output(ref: Any) -> PublishedOutput:
-    """A registered version's content reference in the form ``check_output`` checks."""
-    return PublishedOutput(
-        path=ref.path,
-        content_hash=ref.content_hash,
-        file_count=ref.file_count,
-        byte_count=ref.byte_count,
-        files=tuple(FileRecord(**f) for f in ref.files),
-    )
-
-
 def verify_store(
     store: Datastore, dataset: str | None = None, cache: StatCache | None = None
 ) -> VerifyReport:
@@ -104,27 +96,22 @@ def verify_store(
     on blob storage the listing's sizes and stored MD5/ETags are compared. Each stored output is
     checked once, however many records point at it.
     """
-    from aml_assets.data import layout
-    from aml_assets.data.datastore import open_stat_cache
-    from aml_assets.data.registry import DatasetRegistry
-    from aml_assets.reuse.ledger import StepLedger
-
     own_cache = cache is None and store.local_path(layout.STEPS) is not None
     if own_cache:
         cache = open_stat_cache()
     report = VerifyReport()
-    seen: dict[tuple[str, tuple[FileRecord, ...]], VerifyProblem | None] = {}
+    seen: dict[tuple[str, str], VerifyProblem | None] = {}
 
-    def check(output: PublishedOutput, user: str) -> None:
-        key = (output.path, output.files)
+    def check(path: str, files: list[dict[str, Any]], user: str) -> None:
+        key = (path, json.dumps(files, sort_keys=True))
         if key not in seen:
-            present, problems = check_output(store, output, cache)
+            present, problems = check_content(store, path, files, cache)
             seen[key] = (
                 None
                 if present and not problems
                 else VerifyProblem(
-                    output.path,
-                    problems or [f"{store.uri(output.path)} is missing (its data was deleted)"],
+                    path,
+                    problems or [f"{store.uri(path)} is missing (its data was deleted)"],
                     missing=not present,
                 )
             )
@@ -151,13 +138,18 @@ def verify_store(
                         report.commits += 1
                         for out in commit.outputs.values():
                             report.outputs += 1
-                            check(out, f"commit {base}/{name} (run {commit.run_id})")
+                            check(
+                                out.path,
+                                [asdict(f) for f in out.files],
+                                f"commit {base}/{name} (run {commit.run_id})",
+                            )
         registry = DatasetRegistry(store)
         names = [dataset] if dataset is not None else store.list_dir(layout.DATASETS)
         for name in names:
             for found in registry.registered(name):
                 report.versions += 1
-                check(_as_output(found.ref), f"dataset '{name}' version {found.version}")
+                ref = found.ref
+                check(ref.path, ref.files, f"dataset '{name}' version {found.version}")
         report.unreadable += [str(m) for m in registry.malformed]
     finally:
         if own_cache and cache is not None:
