@@ -167,9 +167,7 @@ def _store_candidates(store: Datastore, report: GarbageReport) -> list[tuple[str
     for step in store.list_dir(layout.STEPS):
         out += [(p, PARTIAL) for p in _partial_records(store, layout.runs_dir(step))]
         out += [(p, PARTIAL) for p in _partial_records(store, layout.step_dir(step))]
-        for fingerprint in store.list_dir(layout.step_dir(step)):
-            if fingerprint == "runs" or fingerprint.endswith(".json") or _TMP_RECORD.match(fingerprint):
-                continue
+        for fingerprint in StepLedger(store, step).fingerprints():
             base = layout.fingerprint_dir(step, fingerprint)
             if not store.is_dir(base):
                 continue

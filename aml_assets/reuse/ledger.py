@@ -38,6 +38,15 @@ class StepLedger:
         self.step = step
 
     # --- commits ------------------------------------------------------------------------------
+    def fingerprints(self) -> list[str]:
+        """The fingerprints the step has attempts or commits for (not its run records,
+        pointer or half-written temporary files)."""
+        return [
+            name
+            for name in self.datastore.list_dir(layout.step_dir(self.step))
+            if name != "runs" and not name.startswith(".") and not name.endswith(".json")
+        ]
+
     def commits(self, fingerprint: str) -> list[tuple[str, Commit]]:
         """A fingerprint's commits, newest first; a malformed record is logged and skipped."""
         base = layout.commits_dir(self.step, fingerprint)

@@ -124,9 +124,7 @@ def verify_store(
         if dataset is None:
             for step in store.list_dir(layout.STEPS):
                 ledger = StepLedger(store, step)
-                for fingerprint in store.list_dir(layout.step_dir(step)):
-                    if fingerprint == "runs" or fingerprint.startswith(".") or fingerprint.endswith(".json"):
-                        continue
+                for fingerprint in ledger.fingerprints():
                     base = layout.commits_dir(step, fingerprint)
                     names = [n for n in store.list_dir(base) if n.endswith(".json")]
                     commits = ledger.commits(fingerprint)
