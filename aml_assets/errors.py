@@ -50,3 +50,7 @@ class CorruptOutputError(AmlAssetsError):
 
 class StepTimeoutError(StepFailedError):
     """A step ran longer than its timeout and was stopped; nothing was published."""
+
+
+class StepInterruptedError(StepFailedError):
+    """A step was stopped because its run was interrupted; nothing was published."""

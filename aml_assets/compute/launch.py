@@ -31,15 +31,61 @@ from aml_assets.compute.cluster import CpuCluster
 from aml_assets.compute.secrets import (
     Redactor,
     collect_secrets,
+    full_environ,
     redacted_stdio,
     scrubbed_environ,
     step_env,
 )
 from aml_assets.compute.spark import SparkPool
-from aml_assets.errors import ComputeTargetError, StepFailedError, StepTimeoutError
+from aml_assets.errors import (
+    ComputeTargetError,
+    StepFailedError,
+    StepInterruptedError,
+    StepTimeoutError,
+)
 from amlrun.context import CONTEXT_ENV, Run, in_process_run
 
 _STDERR_TAIL_LINES = 40
+
+# --- the steps running in this process, by run: so a run that is interrupted can stop them ---
+# With the threaded executor several steps of a run are in flight at once in worker threads; an
+# interrupt reaches the orchestrating thread only, which stops them through this registry.
+_running_lock = threading.Lock()
+_running: dict[str, dict[int, Any]] = {}
+#: Runs told to stop: a step of theirs that had not started yet (waiting for a slot or a lock)
+#: must not start afterwards.
+_stopped_runs: set[str] = set()
+
+
+@contextlib.contextmanager
+def _registered(run_id: str, stop: Any):
+    """While a step runs: ``stop()`` stops it (called from another thread)."""
+    token = id(stop)
+    with _running_lock:
+        if run_id in _stopped_runs:
+            raise StepInterruptedError(
+                "The run was interrupted before this step started; nothing was published."
+            )
+        _running.setdefault(run_id, {})[token] = stop
+    try:
+        yield
+    finally:
+        with _running_lock:
+            steps = _running.get(run_id, {})
+            steps.pop(token, None)
+            if not steps:
+                _running.pop(run_id, None)
+
+
+def stop_running_steps(run_id: str) -> int:
+    """Stop every step of ``run_id`` running in this process (each in its own thread, so one
+    slow group kill does not delay the others); returns how many were asked to stop."""
+    with _running_lock:
+        _stopped_runs.add(run_id)
+        stops = list(_running.get(run_id, {}).values())
+    for stop in stops:
+        threading.Thread(target=stop, name="aml-stop-step", daemon=True).start()
+    return len(stops)
 
 
 @dataclass
@@ -69,6 +115,15 @@ class StepLaunch:
     def redactor(self) -> Redactor:
         """Redacts this step's secrets (and key-like assignments) from text."""
         return Redactor(self.secrets)
+
+    def run_id(self) -> str:
+        return str(self.context.get("run_id", ""))
+
+    def interrupted_error(self) -> StepInterruptedError:
+        """The error of a step stopped because its run was interrupted."""
+        return StepInterruptedError(
+            f"Step '{self.step}' was stopped because its run was interrupted; nothing was published."
+        )
 
     def timeout_error(self) -> StepTimeoutError:
         """The error of a step stopped at its timeout."""
@@ -121,7 +176,7 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
         message_reader=_RedactingMessageReader(redact),
     ) as session:
         env = {
-            **os.environ,
+            **full_environ(),
             **session.get_bootstrap_env_vars(),
             CONTEXT_ENV: str(ctx_file),
             "PYTHONUNBUFFERED": "1",
@@ -133,12 +188,27 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
             "AML_SOURCE_DIRECTORY": str(launch.source_directory),
         }
         env = {**step_env(env, launch.secrets, launch.datastore_credentials), **protect_env}
-        proc = cluster.start(command, env, launch.source_directory)
-        code, stderr_tail = wait_streaming(proc, launch.timeout_seconds, redact)
+        interrupted, started = threading.Event(), threading.Event()
+        procs: list[subprocess.Popen[bytes]] = []
+
+        def stop() -> None:
+            interrupted.set()
+            started.wait()  # a stop between registering and starting waits for the start
+            for proc in procs:
+                kill_group(proc)
+
+        with _registered(launch.run_id(), stop):
+            try:
+                procs.append(cluster.start(command, env, launch.source_directory))
+            finally:
+                started.set()
+            code, stderr_tail = wait_streaming(procs[0], launch.timeout_seconds, redact)
     for message in session.get_custom_messages():
         if isinstance(message, dict) and "aml_metric" in message:
             name, value = message["aml_metric"]
             metrics[redact(str(name))] = redact.value(value)
+    if interrupted.is_set():
+        raise launch.interrupted_error()
     if code is None:
         raise launch.timeout_error()
     if code != 0:
@@ -204,8 +274,18 @@ class _RedactingHandler:
         return getattr(self._handler, name)
 
 
+#: In-process Spark steps swap this process's stdio, argv, sys.path and environment while they
+#: run, so they run one at a time (beside script steps, which are separate processes).
+_IN_PROCESS_STEP = threading.Lock()
+
+
 def run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]:
     """Run a Spark step's script in this process against the pool's session; returns metrics."""
+    with _IN_PROCESS_STEP:
+        return _run_spark_in_process(pool, launch)
+
+
+def _run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     run = Run.from_dict(launch.context, sink=metrics.__setitem__)
     source = str(launch.source_directory)
@@ -224,8 +304,12 @@ def run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]:
         # the datastore credentials in its environment too.
         with _contained(launch), pool.step_session(
             launch.log, launch.spark_conf, launch.step
-        ) as session, watchdog.on(session), in_process_run(run), pool.script_environment():
+        ) as session, watchdog.on(session), _registered(
+            launch.run_id(), watchdog.interrupt
+        ), in_process_run(run), pool.script_environment():
             runpy.run_path(str(launch.script), run_name="__main__")
+    except StepInterruptedError:
+        raise launch.interrupted_error() from None
     except StepTimeoutError:
         raise launch.timeout_error() from None
     except ComputeTargetError:
@@ -234,6 +318,8 @@ def run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]:
         if exc.code not in (0, None):
             raise launch.failure(f"exited with code {exc.code}") from None
     except Exception as exc:
+        if watchdog.interrupted:
+            raise launch.interrupted_error() from None
         if watchdog.fired:
             raise launch.timeout_error() from None
         # Redacted, and without the exception's chain: Dagster records an error's causes.
@@ -247,6 +333,8 @@ def run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]:
             module_file = getattr(sys.modules[name], "__file__", None) or ""
             if module_file.startswith(source):
                 del sys.modules[name]
+    if watchdog.interrupted:  # the script caught the interrupt and went on
+        raise launch.interrupted_error()
     if watchdog.fired:  # the script caught the timeout (``except Exception``) and went on
         raise launch.timeout_error()
     _check_inputs_unchanged(launch, inputs_before)
@@ -299,11 +387,13 @@ def _cancel_spark(session: Any) -> None:
 
 
 class _Watchdog:
-    """Stops an in-process step at its timeout: cancels its Spark jobs, then raises
-    ``StepTimeoutError`` in the step's thread (a Python loop cannot be stopped otherwise)."""
+    """Stops an in-process step at its timeout, or when its run is interrupted: cancels its
+    Spark jobs, then raises ``StepTimeoutError`` (``StepInterruptedError``) in the step's thread
+    (a Python loop cannot be stopped otherwise)."""
 
     def __init__(self, timeout: float | None, cancel: Any):
-        self.timeout, self.cancel, self.fired = timeout, cancel, False
+        self.timeout, self.cancel = timeout, cancel
+        self.fired = self.interrupted = False
         self._timer: threading.Timer | None = None
         self._thread_id = threading.get_ident()
         self._session: Any = None
@@ -316,13 +406,23 @@ class _Watchdog:
         return self
 
     def _fire(self) -> None:
+        self._stop(StepTimeoutError)
+
+    def interrupt(self) -> None:
+        """Stop the step because its run is being interrupted (from another thread)."""
+        self._stop(StepInterruptedError)
+
+    def _stop(self, error: type[BaseException]) -> None:
         with self._lock:
-            if self._done:  # the step ended just now: nothing to stop
+            if self._done or self.fired or self.interrupted:  # ended, or already stopping
                 return
-            self.fired = True
+            if error is StepInterruptedError:
+                self.interrupted = True
+            else:
+                self.fired = True
             self.cancel(self._session)
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self._thread_id), ctypes.py_object(StepTimeoutError)
+                ctypes.c_ulong(self._thread_id), ctypes.py_object(error)
             )
 
     def __enter__(self) -> _Watchdog:
@@ -337,7 +437,7 @@ class _Watchdog:
             self._timer.cancel()
         with self._lock:
             self._done = True
-            if self.fired:
+            if self.fired or self.interrupted:
                 # Not yet raised (the step was ending): it must not go off later, in Dagster's
                 # code; the caller sees ``fired`` and reports the timeout.
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)

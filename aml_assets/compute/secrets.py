@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
@@ -107,21 +108,37 @@ def step_env(env: Mapping[str, str], secrets: Iterable[str], credentials: bool) 
     }
 
 
+#: Variables an in-process step has hidden from ``os.environ`` while it runs: another step
+#: starting meanwhile (threaded executor) still builds its environment from the full one.
+_hidden: dict[str, str] = {}
+_hidden_lock = threading.Lock()
+
+
+def full_environ() -> dict[str, str]:
+    """``os.environ`` with whatever an in-process step is hiding from it right now."""
+    with _hidden_lock:
+        return {**os.environ, **_hidden}
+
+
 @contextlib.contextmanager
 def scrubbed_environ(secrets: Iterable[str], credentials: bool) -> Iterator[None]:
     """``os.environ`` without credentials for a block (an in-process script), then restored."""
     if credentials:
         yield
         return
-    kept = step_env(os.environ, secrets, credentials=False)
-    removed = {k: v for k, v in os.environ.items() if k not in kept}
-    for name in removed:
-        del os.environ[name]
+    with _hidden_lock:
+        kept = step_env(os.environ, secrets, credentials=False)
+        removed = {k: v for k, v in os.environ.items() if k not in kept}
+        _hidden.update(removed)
+        for name in removed:
+            del os.environ[name]
     try:
         yield
     finally:
-        for name, value in removed.items():
-            os.environ[name] = value
+        with _hidden_lock:
+            for name, value in removed.items():
+                os.environ[name] = value
+                _hidden.pop(name, None)
 
 
 class RedactingWriter:

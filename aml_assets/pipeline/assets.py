@@ -24,10 +24,10 @@ from dagster import (
     define_asset_job,
     in_process_executor,
     multi_asset,
-    multiprocess_executor,
 )
 
 from aml_assets.compute.cluster import COMPUTE_TAG, CpuCluster
+from aml_assets.compute.spark import SparkPool
 from aml_assets.data.checks import check_specs, needs_history, run_checks
 from aml_assets.data.datasets import DatasetRef, SourceDataset
 from aml_assets.data.datastore import Datastore, open_stat_cache
@@ -36,6 +36,7 @@ from aml_assets.data.registry import DatasetRegistry
 from aml_assets.data.sources import materialize_source
 from aml_assets.errors import DatasetCheckFailedError, DatasetError
 from aml_assets.pipeline.execution import StepExecution, StepResult
+from aml_assets.pipeline.executor import pipeline_executor
 from aml_assets.reuse.records import PublishedOutput
 
 if TYPE_CHECKING:
@@ -52,15 +53,19 @@ def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel
     assets: list[AssetsDefinition] = [
         _source_asset(ds) for ds in pipeline.source_datasets()
     ] + [_step_asset(pipeline, step) for step in pipeline.steps]
+    # The pipeline's executor is also the Definitions' default, so whatever a user launches
+    # (the job, "Materialize all", one asset, a re-execution) runs with the same settings.
+    executor = _parallel_executor(resources) if parallel else in_process_executor
     job = define_asset_job(
         pipeline.name,
         selection=[k for a in assets for k in a.keys],
         description=pipeline.description,
-        executor_def=_parallel_executor(resources) if parallel else in_process_executor,
+        executor_def=executor,
     )
     return Definitions(
         assets=assets,
         jobs=[job],
+        executor=executor,
         resources={
             **resources,
             IO_MANAGER_KEY: DatastoreIOManager(datastore=resources[pipeline.datastore]),
@@ -70,13 +75,18 @@ def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel
 
 
 def _parallel_executor(resources: Mapping[str, Any]):
-    """The multiprocess executor, limited per CPU cluster to its ``max_concurrent_steps``."""
+    """Steps in threads of the run's process (see ``pipeline.executor`` for why), at most
+    ``max_concurrent_steps`` per CPU cluster and one Spark step per pool at a time."""
     limits = [
         {"key": COMPUTE_TAG, "value": key, "limit": r.max_concurrent_steps}
         for key, r in resources.items()
         if isinstance(r, CpuCluster)
+    ] + [
+        {"key": COMPUTE_TAG, "value": key, "limit": 1}
+        for key, r in resources.items()
+        if isinstance(r, SparkPool)
     ]
-    return multiprocess_executor.configured({"tag_concurrency_limits": limits} if limits else {})
+    return pipeline_executor(max(1, sum(limit["limit"] for limit in limits)), limits)
 
 
 def _output(ref: DatasetRef, name: str | None, metadata: dict[str, Any]) -> Output:

@@ -301,8 +301,10 @@ class Pipeline:
         By default the job runs its steps one after another in one process: script steps are
         separate processes anyway, and every Spark step shares the pool's one session (a local
         JVM start costs seconds). ``parallel=True`` runs independent steps at once, each in its
-        own process, at most ``max_concurrent_steps`` per CPU cluster; Spark steps then each
-        start their own session.
+        own thread of the run's process (see ``pipeline.executor``), at most
+        ``max_concurrent_steps`` per CPU cluster; Spark steps share the pool's one session and
+        run one at a time. Either way this is also the default executor of the Definitions, so
+        "Materialize all" in the UI runs with the pipeline's settings.
         """
         from aml_assets.pipeline.assets import build_definitions
 

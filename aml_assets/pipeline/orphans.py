@@ -129,11 +129,12 @@ def watch_run(context: Any) -> list[str]:
     try:
         instance = context.instance
         run_id = context.run_id
-        if run_id not in _tagged:
-            mine = identity()
-            if any(context.run.tags.get(k) != v for k, v in mine.items()):
-                instance.add_run_tags(run_id, mine)
-            _tagged.add(run_id)
+        if run_id in _tagged:
+            return []  # once per run: a query per step would cost every reused step ~5 ms
+        _tagged.add(run_id)
+        mine = identity()
+        if any(context.run.tags.get(k) != v for k, v in mine.items()):
+            instance.add_run_tags(run_id, mine)
         marked = mark_orphans_failed(instance, run_id)
     except Exception as exc:  # noqa: BLE001
         context.log.warning(f"Could not check for runs whose process is gone: {exc}")
