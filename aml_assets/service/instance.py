@@ -24,7 +24,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -37,6 +36,10 @@ from aml_assets.errors import AmlAssetsError
 CONFIG_NAME = "dagster.yaml"
 LOCK_NAME = ".aml_instance.lock"
 MARKER_NAME = ".aml_instance_initialized"
+
+
+#: Replaced by the home's absolute path when a default ``dagster.yaml`` is installed in a home.
+HOME_PLACEHOLDER = "{dagster_home}"
 
 
 class InstanceError(AmlAssetsError):
@@ -61,7 +64,11 @@ def ensure_instance(dagster_home: Path, *, default_config: Path | None = None) -
     home.mkdir(parents=True, exist_ok=True)
     with _locked(home / LOCK_NAME):
         if default_config is not None and _config_stale(home, default_config):
-            _atomic_copy(Path(default_config), home / CONFIG_NAME)
+            # "{dagster_home}" in the default config becomes this home's path: storages that
+            # need an absolute folder (the event log's) get this home's, whatever the caller's
+            # environment says.
+            text = Path(default_config).read_text().replace(HOME_PLACEHOLDER, str(home))
+            _atomic_write(home / CONFIG_NAME, text)
         if _is_initialised(home):
             return
         _initialise(home)
@@ -134,18 +141,6 @@ def _atomic_write(path: Path, text: str) -> None:
             fh.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
-            shutil.copyfileobj(fh, out)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
