@@ -44,9 +44,23 @@ PRELOAD = (
     "dagster._core.storage.event_log.sqlite",
     "dagster._core.storage.runs.sqlite",
     "dagster._core.workspace.autodiscovery",
+    "dagster._core.instance.factory",
+    "dagster._core.instance.runs.run_domain",
+    "dagster._core.executor.in_process",
+    "dagster._core.execution.plan.active",
+    "dagster._core.storage.legacy_storage",
+    "dagster._core.storage.local_compute_log_manager",
+    "dagster._core.secrets.env_file",
+    "dagster._core.definitions.repository_definition.repository_data_builder",
+    "dagster._core.utility_ops",
+    "dagster._utils.test.definitions",
+    "upath",
     "aml_assets.pipeline.assets",
     "aml_assets.pipeline.definition",
+    "aml_assets.pipeline.executor",
+    "aml_assets.pipeline.orphans",
     "aml_assets.service.runs",
+    "aml_assets.service.event_log",
     "aml_assets.compute.launch",
     "pyarrow",
     "pyarrow.csv",
@@ -182,6 +196,10 @@ def serve(home: Path) -> int:
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    with contextlib.suppress(Exception):  # the event log's schema revision, computed once here
+        from aml_assets.service.event_log import head_revision
+
+        head_revision()
     stamp = _module_files()
     path = socket_path(home)
     with contextlib.suppress(FileNotFoundError):
@@ -201,7 +219,15 @@ def serve(home: Path) -> int:
     stopping: list[int] = []
     signal.signal(signal.SIGTERM, lambda s, f: stopping.append(s))
     signal.signal(signal.SIGINT, lambda s, f: stopping.append(s))
-    print(f"warm runner {os.getpid()} listening on {path} ({len(stamp)} module files preloaded)", flush=True)
+    # Forking copies one thread only: a lock another thread held at fork stays locked in the
+    # child. Preloading must not have started any.
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    print(
+        f"warm runner {os.getpid()} listening on {path} ({len(stamp)} module files preloaded"
+        + (f"; WARNING: threads running at fork: {', '.join(threads)}" if threads else "")
+        + ")",
+        flush=True,
+    )
     try:
         while not stopping:
             _reap()
