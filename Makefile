@@ -33,7 +33,7 @@ run ui: export DAGSTER_HOME := $(DAGSTER_HOME)
 
 run: install
 	$(INSTANCE)
-	$(BIN)/dagster job execute -f definitions.py -j synapse_pipeline
+	$(BIN)/aml-assets run -f definitions.py -j synapse_pipeline
 	@echo "--- registered datasets ---"
 	@$(BIN)/aml-assets datasets list
 	@echo "--- why train did (or did not) run ---"
@@ -50,6 +50,8 @@ bench: install-test
 	$(BIN)/python bench/reuse.py
 	$(BIN)/python bench/datastore.py
 	$(BIN)/python bench/helper_edit.py
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/rerun.py
 
 lint: install
 	$(BIN)/ruff check aml_assets amlrun tests bench definitions.py resources code

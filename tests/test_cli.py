@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from aml_assets import DatasetRegistry, LocalDatastore
+from aml_assets.service.instance import ensure_instance
 
 REPO = Path(__file__).resolve().parent.parent
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -22,7 +22,7 @@ DAGSTER = str(Path(sys.executable).with_name("dagster"))
 def _cli_env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    ensure_instance(home, default_config=REPO / "dagster.yaml")  # as `make run` installs it
     return {**os.environ, "DAGSTER_HOME": str(home)}
 
 

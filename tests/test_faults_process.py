@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from aml_assets.compute import isolation
 from aml_assets.compute.launch import launcher_path
 from aml_assets.pipeline import orphans
 from aml_assets.reuse.ledger import StepLedger
+from aml_assets.service.instance import ensure_instance
 from tests.support.faults import (
     DagsterRun,
     alive,
@@ -62,7 +62,7 @@ def _home(tmp_path: Path) -> Path:
     """A DAGSTER_HOME with the project's instance settings."""
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    ensure_instance(home, default_config=REPO / "dagster.yaml")  # as `make run` installs it
     return home
 
 
@@ -636,6 +636,7 @@ SECRETS_DEFS = """
 from pathlib import Path
 from aml_assets import LocalProcessCluster, OutputDataset, Pipeline, PythonScriptStep, TabularDataset
 from aml_assets.data.workspace import workspace_datastore
+from aml_assets.service.instance import ensure_instance
 
 here = Path(__file__).parent
 code = here / "code"

@@ -17,6 +17,7 @@ import pytest
 
 from aml_assets import DatasetRegistry
 from aml_assets.reuse.ledger import StepLedger
+from aml_assets.service.instance import ensure_instance
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _start(home: Path, *extra: str) -> subprocess.Popen[str]:
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    ensure_instance(home, default_config=REPO / "dagster.yaml")  # as `make run` installs it
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     command = [str(Path(sys.executable).parent / "dagster"), "job", "execute",
                "-f", str(REPO / "definitions.py"), "-j", "synapse_pipeline", *extra]

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+# tabular_stats lived here; it is re-exported for the code that imports it from here.
+from aml_assets.data.stats import tabular_files, tabular_stats  # noqa: F401
 from aml_assets.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -267,26 +269,6 @@ class DatasetRef(BaseModel):
         return self.format in ("csv", "parquet")
 
 
-def tabular_files(root: Path, fmt: str) -> list[Path]:
-    """Data files of a tabular dataset folder, without writer bookkeeping, in a stable order."""
-    if root.is_file():
-        return [root]
-    suffixes = {"parquet": (".parquet",), "csv": (".csv", ".tsv", ".txt", "")}[fmt]
-    files = [
-        p
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-        and not p.name.startswith(("_", "."))
-        and (p.suffix in suffixes or (fmt == "csv" and p.name.startswith("part-")))
-    ]
-    if not files:
-        raise DatasetError(
-            f"No {fmt} files under '{root}'. A tabular dataset needs at least one data file; "
-            "check that the step wrote its output in the declared format."
-        )
-    return files
-
-
 def _csv_options(separator: str, reader: dict[str, Any] | None):
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -298,7 +280,9 @@ def _csv_options(separator: str, reader: dict[str, Any] | None):
             encoding=reader.get("encoding", "utf-8"),
             autogenerate_column_names=not reader.get("header", True),
         ),
-        pacsv.ParseOptions(delimiter=separator),
+        # Quoted values may hold newlines: without this, pyarrow's parallel chunker splits a
+        # record across blocks and a file over ~1 MB fails ("CSV parser got out of sync").
+        pacsv.ParseOptions(delimiter=separator, newlines_in_values=True),
         pacsv.ConvertOptions(column_types=column_types),
     )
 
@@ -349,43 +333,3 @@ def read_pandas(
 ):
     """Read a local tabular dataset as a pandas DataFrame."""
     return read_arrow_table(local_path, fmt, separator, dataset, reader).to_pandas()
-
-
-def tabular_stats(
-    local_path: Path, fmt: str, separator: str = ",", dataset: str = "?", reader: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Row count, column types and a 5-row preview of a local tabular dataset.
-
-    Parquet answers row count and schema from file footers, so a large output costs little.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if fmt == "parquet":
-        files = tabular_files(Path(local_path), fmt)
-        rows = 0
-        schema = None
-        for f in files:
-            try:
-                meta = pq.ParquetFile(f)
-            except (pa.ArrowInvalid, OSError) as exc:
-                size = f.stat().st_size
-                what = "is empty (0 bytes)" if size == 0 else f"is not a readable Parquet file ({exc})"
-                raise DatasetError(
-                    f"Dataset '{dataset}': file '{f}' {what}. Re-upload the file or have the "
-                    "step write valid Parquet, then run again."
-                ) from exc
-            rows += meta.metadata.num_rows
-            schema = schema or meta.schema_arrow
-        first = pq.ParquetFile(files[0])
-        preview = next(first.iter_batches(batch_size=5), None)
-        preview_df = preview.to_pandas() if preview is not None else schema.empty_table().to_pandas()
-    else:
-        table = read_arrow_table(Path(local_path), fmt, separator, dataset, reader)
-        rows, schema = table.num_rows, table.schema
-        preview_df = table.slice(0, 5).to_pandas()
-    return {
-        "row_count": rows,
-        "columns": [[f.name, str(f.type)] for f in schema],
-        "preview": preview_df.to_markdown(index=False),
-    }

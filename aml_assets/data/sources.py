@@ -15,8 +15,9 @@ from dagster import MetadataValue, TableColumn, TableSchema
 
 from aml_assets.data import layout
 from aml_assets.data.content import canonical_digest, manifest_digest
-from aml_assets.data.datasets import DatasetRef, SourceDataset, tabular_stats
+from aml_assets.data.datasets import DatasetRef, SourceDataset
 from aml_assets.data.datastore import Datastore, open_stat_cache
+from aml_assets.data.stats import tabular_stats
 from aml_assets.errors import DatasetError, DatastoreError
 
 

@@ -185,7 +185,7 @@ def print_summary(
         for name, meta in outputs:
             detail = [str(meta["uri"])] if meta.get("uri") else []
             if meta.get("dataset_version") is not None:
-                new = "new" if meta.get("dataset_version_created") else "same content as"
+                new = "new" if meta.get("dataset_version_created") else "unchanged"
                 detail.insert(0, f"registered version {meta['dataset_version']} ({new})")
             metrics = {k: v for k, v in meta.items() if _is_metric(k, v)}
             detail += [f"{k}={_fmt(v)}" for k, v in metrics.items()]
