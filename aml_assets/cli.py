@@ -1,24 +1,32 @@
 """The ``aml-assets`` command: explain reuse decisions, manage registered datasets, verify stored
-data, collect garbage."""
+data, collect garbage, keep Spark pools warm."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aml_assets.data.datastore import Datastore, LocalDatastore
-from aml_assets.data.registry import DatasetRegistry
-from aml_assets.data.workspace import workspace_datastore
 from aml_assets.errors import AmlAssetsError
-from aml_assets.reuse.gc import collect_garbage
-from aml_assets.reuse.ledger import StepLedger
-from aml_assets.reuse.verify import verify_store
+
+# Each command imports what it needs: `aml-assets run` on a warm runner must start in tens of
+# milliseconds, and the datastore, registry and Spark modules import Dagster (~1 s).
+if TYPE_CHECKING:
+    from aml_assets.compute.spark import SparkPool
+    from aml_assets.data.datastore import Datastore
+    from aml_assets.data.registry import DatasetRegistry
 
 
 def _datastore(args: argparse.Namespace) -> Datastore:
+    from aml_assets.data.datastore import LocalDatastore
+    from aml_assets.data.workspace import workspace_datastore
+
     if args.root:
         return LocalDatastore(name="workspace", root=args.root)
     return workspace_datastore("workspace")
@@ -29,6 +37,8 @@ def _when(ts: float | None) -> str:
 
 
 def cmd_explain(args: argparse.Namespace, out) -> int:
+    from aml_assets.reuse.ledger import StepLedger
+
     store = _datastore(args)
     print(f"Datastore '{store.name}': {store.uri()}", file=out)
     ledger = StepLedger(store, args.step)
@@ -102,6 +112,8 @@ def _warn_malformed(registry: DatasetRegistry) -> None:
 
 
 def cmd_datasets(args: argparse.Namespace, out) -> int:
+    from aml_assets.data.registry import DatasetRegistry
+
     registry = DatasetRegistry(_datastore(args))
     try:
         if args.action == "list":
@@ -133,6 +145,8 @@ def cmd_datasets(args: argparse.Namespace, out) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, out) -> int:
+    from aml_assets.reuse.gc import collect_garbage
+
     if args.keep_runs is not None and args.keep_runs < 1:
         raise AmlAssetsError("--keep-runs must be at least 1: the newest run record is always kept.")
     report = collect_garbage(
@@ -159,6 +173,8 @@ def cmd_gc(args: argparse.Namespace, out) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, out) -> int:
+    from aml_assets.reuse.verify import verify_store
+
     store = _datastore(args)
     print(f"Datastore '{store.name}': {store.uri()}", file=out)
     report = verify_store(store, dataset=args.dataset)
@@ -179,6 +195,88 @@ def cmd_verify(args: argparse.Namespace, out) -> int:
             file=out,
         )
     return 0 if report.ok else 1
+
+
+def _pool_settings(args: argparse.Namespace) -> tuple[SparkPool, str]:
+    """The Spark pool named ``args.name`` in the project's Definitions (``-f``, else
+    ./definitions.py if there is one), else a default local pool; and where it came from."""
+    from aml_assets.compute.spark import SparkPool
+
+    path = Path(args.file) if args.file else Path("definitions.py")
+    if not args.file and not path.is_file():
+        return SparkPool(), "the default local pool settings (no -f given, no ./definitions.py)"
+    if not path.is_file():
+        raise AmlAssetsError(f"Definitions file {path} does not exist; give the project's with -f.")
+    from dagster import Definitions
+
+    # As `dagster job execute -f` does: the file's folder is importable (its resources/ etc.).
+    sys.path.insert(0, str(path.resolve().parent))
+    spec = importlib.util.spec_from_file_location("aml_assets_cli_definitions", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pools = {}
+    for defs in (v for v in vars(module).values() if isinstance(v, Definitions)):
+        pools.update({k: r for k, r in (defs.resources or {}).items() if isinstance(r, SparkPool)})
+    pool = pools.get(args.name)
+    if pool is None:
+        raise AmlAssetsError(
+            f"{path} has no Spark pool '{args.name}'; its Spark pools: "
+            f"{', '.join(sorted(pools)) or 'none'}."
+        )
+    if pool.remote:
+        raise AmlAssetsError(
+            f"Spark pool '{args.name}' attaches to the Spark Connect server {pool.remote}: it "
+            "starts no JVM, so there is nothing to keep warm."
+        )
+    return pool, str(path)
+
+
+def cmd_pool(args: argparse.Namespace, out) -> int:
+    from aml_assets.compute import warm_pool
+
+    if args.action == "start":
+        pool, source = _pool_settings(args)
+        conf = pool.spark_conf()
+        started_at = time.perf_counter()
+        warm, started, note = warm_pool.start(args.name, conf, args.port, args.timeout)
+        if note:
+            print(f"Previous server of '{args.name}': {note}.", file=out)
+        if not started:
+            print(f"Warm Spark pool '{args.name}' is already running at {warm.url} (pid {warm.pid}).", file=out)
+            changed = warm.settings_problems(conf, lambda key: False)
+            if changed:
+                print(f"It runs with other settings than {source} gives now ({'; '.join(changed)}); "
+                      f"restart it to apply them: aml-assets pool stop {args.name}", file=out)
+            return 0
+        print(
+            f"Warm Spark pool '{args.name}' started at {warm.url} (pid {warm.pid}, Spark "
+            f"{warm.spark_version}, {conf['spark.master']}, settings from {source}) in "
+            f"{time.perf_counter() - started_at:.1f} s. Runs of pool '{args.name}' attach to it; "
+            f"log: {warm.log_file}; stop it with: aml-assets pool stop {args.name}",
+            file=out,
+        )
+    elif args.action == "stop":
+        warm, running = warm_pool.stop(args.name)
+        if warm is None:
+            print(f"No warm Spark pool '{args.name}' is running.", file=out)
+        elif running:
+            print(f"Stopped warm Spark pool '{args.name}' ({warm.url}, pid {warm.pid}).", file=out)
+        else:
+            print(f"Warm Spark pool '{args.name}' was not running (pid {warm.pid} is gone); "
+                  "removed its stale state file.", file=out)
+    else:
+        found = warm_pool.statuses(args.name)
+        if not found:
+            print(f"No warm Spark pools (state folder {warm_pool.state_dir()}).", file=out)
+        for status in found:
+            w = status.pool
+            if w is None:
+                print(f"{status.name}  {status.state}{f' ({status.note})' if status.note else ''}", file=out)
+            else:
+                print(f"{status.name}  running  {w.url}  pid {w.pid}  Spark {w.spark_version}  "
+                      f"{w.conf.get('spark.master')}  since {_when(w.started_at)}", file=out)
+        return 0 if all(s.pool for s in found) or not args.name else 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,7 +325,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ve.add_argument("--dataset", metavar="NAME", help="check only this dataset's registered versions")
     ve.set_defaults(func=cmd_verify)
+
+    po = sub.add_parser("pool", help="warm Spark pools: a Spark Connect server kept running for a pool")
+    po_sub = po.add_subparsers(dest="action", required=True)
+    start = po_sub.add_parser("start", help="start the warm pool of a Spark pool (idempotent)")
+    start.add_argument("name", help="the Spark pool's resource key, e.g. spark01")
+    start.add_argument("-f", "--file", help="the project's Definitions file, for the pool's settings "
+                       "(default: ./definitions.py, else the default local pool settings)")
+    start.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    start.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for it (180)")
+    po_sub.add_parser("stop", help="stop a warm pool's server").add_argument("name")
+    po_sub.add_parser("status", help="where each warm pool listens").add_argument("name", nargs="?")
+    po.set_defaults(func=cmd_pool)
+
+    ru = sub.add_parser(
+        "run",
+        help="run a pipeline's job (on the warm runner when one is up) and summarize what it did",
+    )
+    ru.add_argument("-f", "--file", default="definitions.py", help="the Definitions file (./definitions.py)")
+    ru.add_argument("-j", "--job", help="the job to run (default: the file's only job)")
+    ru.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE",
+        help="a pipeline parameter, e.g. --param n_estimators=200 (repeatable)",
+    )
+    ru.add_argument("--regenerate", action="store_true", help="run every step even when its outputs could be reused")
+    ru.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="Dagster's console log level (info)")
+    ru.add_argument("--no-warm", action="store_true", help="run in this process even when a warm runner is up")
+    ru.set_defaults(func=cmd_run)
+
+    rn = sub.add_parser("runner", help="the warm runner of $DAGSTER_HOME: runs start without paying for imports")
+    rn.add_argument("action", choices=["start", "stop", "status"])
+    rn.set_defaults(func=cmd_runner)
     return parser
+
+
+def cmd_run(args: argparse.Namespace, out) -> int:
+    from aml_assets.service import runner
+    from aml_assets.service.runs import RunRequest, execute
+
+    request = RunRequest(
+        definitions=args.file,
+        job=args.job,
+        parameters=RunRequest.parse_parameters(args.param),
+        regenerate=args.regenerate,
+        log_level=args.log_level,
+    )
+    if not args.no_warm:
+        code = runner.run_warm(request.to_json())
+        if code is not None:
+            return code
+    return execute(request, out)
+
+
+def cmd_runner(args: argparse.Namespace, out) -> int:
+    from aml_assets.service import runner
+
+    home = runner.dagster_home()
+    if home is None:
+        raise AmlAssetsError(
+            "DAGSTER_HOME is not set: the warm runner serves one Dagster home; export "
+            "DAGSTER_HOME=/path/to/home (the Makefile uses ./.dagster_home)"
+        )
+    if args.action == "start":
+        try:
+            info = runner.start(home)
+        except RuntimeError as exc:
+            raise AmlAssetsError(str(exc)) from None
+        state = "already running" if info.get("already") else "started"
+        print(f"Warm runner {state} (pid {info['pid']}), listening on {info['socket']}", file=out)
+    elif args.action == "stop":
+        print("Warm runner stopped." if runner.stop(home) else "No warm runner was running.", file=out)
+    else:
+        info = runner.status(home)
+        if info is None:
+            print(f"There is no warm runner for {home}.", file=out)
+        else:
+            print(f"Warm runner (pid {info['pid']}) listening on {info['socket']}", file=out)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:

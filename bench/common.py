@@ -61,7 +61,9 @@ AML = Path(sys.executable).with_name("aml-assets")
 def project_yaml(home: Path) -> str:
     """The project's own dagster.yaml as ``make run`` installs it in ``home`` (its event log
     storage included), telemetry off."""
-    return (REPO / "dagster.yaml").read_text().replace("{dagster_home}", str(home))
+    from aml_assets.service.instance import home_config
+
+    return home_config((REPO / "dagster.yaml").read_text(), home)
 
 
 def isolated_env(

@@ -85,8 +85,10 @@ def test_concurrent_first_use_then_runs(tmp_path):
         assert p.returncode == 0, out
         assert "RUN_SUCCESS" in out, out
     # The project's config, with this home's path in place of the placeholder.
-    expected = (REPO / "dagster.yaml").read_text().replace("{dagster_home}", str(home))
-    assert (home / CONFIG_NAME).read_text() == expected
+    from aml_assets.service.instance import home_config
+
+    assert (home / CONFIG_NAME).read_text() == home_config((REPO / "dagster.yaml").read_text(), home)
+    assert f'base_dir: "{home}/history/runs"' in (home / CONFIG_NAME).read_text()
     assert all(len(rows) == 1 for rows in _alembic_rows(home).values()), _alembic_rows(home)
 
     fifth = _run_tiny(home, tiny)
@@ -139,7 +141,15 @@ def test_config_copied_like_make_did(tmp_path):
     default.write_text("telemetry:\n  enabled: false\n")
     home = tmp_path / "home"
     ensure_instance(home, default_config=default)
-    assert (home / CONFIG_NAME).read_text() == default.read_text()
+    installed = (home / CONFIG_NAME).read_text()
+    assert installed.startswith(default.read_text())
+    assert f'base_dir: "{home}/history/runs"' in installed  # the faster event log, this home's
+
+    # A config that chooses its own storage is installed as it is.
+    own = tmp_path / "own.yaml"
+    own.write_text("storage:\n  sqlite:\n    base_dir: {dagster_home}/data\n")
+    ensure_instance(tmp_path / "other", default_config=own)
+    assert (tmp_path / "other" / CONFIG_NAME).read_text() == f"storage:\n  sqlite:\n    base_dir: {tmp_path / 'other'}/data\n"
 
     # A hand edit in the home is kept while the default is older ...
     edited = "telemetry:\n  enabled: false\nnux:\n  enabled: false\n"
@@ -154,7 +164,7 @@ def test_config_copied_like_make_did(tmp_path):
     later = (home / CONFIG_NAME).stat().st_mtime_ns + 1_000_000_000
     os.utime(default, ns=(later, later))
     ensure_instance(home, default_config=default)
-    assert (home / CONFIG_NAME).read_text().endswith("# new\n")
+    assert "# new\n" in (home / CONFIG_NAME).read_text()
 
 
 @pytest.mark.slow

@@ -14,6 +14,10 @@ Three rules hold for every pool:
   script runs, with the fix, rather than being silently ignored.
 * **A local pool listens on loopback only.** Driver RPC, block manager and (when enabled) the web
   UI bind to ``127.0.0.1`` unless ``bind_address`` says otherwise.
+* **A warm pool changes speed, never results.** A pool without ``remote=`` attaches to the warm
+  pool (:mod:`aml_assets.compute.warm_pool`) started for its resource key, if one runs with its
+  settings; its result settings are applied to the Connect session like to an in-process one,
+  so a step's fingerprint and output are the same warm or cold.
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr, field_validator
 
+from aml_assets.compute import warm_pool
+from aml_assets.compute.warm_pool import CONNECT_ENV as _CONNECT_ENV
+from aml_assets.compute.warm_pool import restored_env as _restored_env
 from aml_assets.errors import ComputeTargetError
 
 #: Spark accepts a number of bytes or a number with a k/m/g/t (optionally +b) suffix.
@@ -116,7 +123,9 @@ def result_settings(conf: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(value) for key, value in conf.items() if not is_speed_only(key)}
 
 
-#: Spark steps in one process share its one SparkSession: they run one at a time.
+#: Spark steps in one process share its one SparkSession: they run one at a time, whichever
+#: thread starts them (a step's settings are applied, its script runs and the settings are
+#: restored under it; Connect mode is flagged in os.environ, which is process-wide too).
 _STEP_LOCK = threading.RLock()
 
 #: The result settings the process's classic SparkSession was started with by a pool, by Spark
@@ -141,6 +150,11 @@ class SparkPool(ConfigurableResource):
     every interface). A ``spark://`` pool keeps Spark's own defaults unless ``bind_address`` is
     set, since its executors must reach the driver over the network; a Spark Connect pool
     (``remote=``) starts no JVM, so the server's settings apply.
+
+    A pool without ``remote=`` uses the warm pool started for its resource key
+    (``aml-assets pool start spark01``) when one runs and was started with the pool's settings
+    (any that a session cannot change, sizing and master included); else it starts its own
+    session, and says why in the log.
     """
 
     master: str = Field(
@@ -190,6 +204,10 @@ class SparkPool(ConfigurableResource):
     )
 
     _session: Any = PrivateAttr(default=None)
+    #: The pool's resource key: the name of the warm pool it may attach to.
+    _name: str | None = PrivateAttr(default=None)
+    #: The warm pool the session is attached to, if any.
+    _warm: warm_pool.WarmPool | None = PrivateAttr(default=None)
 
     @field_validator("driver_memory", "executor_memory")
     @classmethod
@@ -208,6 +226,16 @@ class SparkPool(ConfigurableResource):
                 "'127.0.0.1' or '0.0.0.0', or leave bind_address unset"
             )
         return value.strip() if value is not None else None
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Learn the pool's resource key (a warm pool is started under that name)."""
+        defs = context.all_resource_defs or {}
+        self._name = next((key for key, d in defs.items() if d is context.resource_def), None)
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        """Release a warm pool's session on the server (its cached data, temporary views)."""
+        with _STEP_LOCK:
+            self._release_warm()
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -271,10 +299,11 @@ class SparkPool(ConfigurableResource):
         ``overrides`` apply only if this call starts the session; use :meth:`step_session` to
         run a step with its settings on a session that may already run.
         """
-        spark, started = self._ensure_session(log, overrides)
-        if not started and not self.remote:
-            self._warn_speed_only(log, spark, self.spark_conf(overrides), _MEMORY_KEYS, None)
-        return spark
+        with _STEP_LOCK:
+            spark, started = self._ensure_session(log, overrides)
+            if not started and not self.remote:
+                self._warn_speed_only(log, spark, self.spark_conf(overrides), _MEMORY_KEYS, None)
+            return spark
 
     @contextmanager
     def step_session(self, log: Any, step_conf: Mapping[str, str], step: str) -> Iterator[Any]:
@@ -384,18 +413,23 @@ class SparkPool(ConfigurableResource):
                 "server's, so they do not apply."
             )
             return
-        running = spark.sparkContext.getConf()
+        if self._warm is not None:
+            running, where = self._warm.conf, f"warm Spark pool '{self._warm.name}' runs with"
+        else:
+            running, where = spark.sparkContext.getConf(), "the running session has"
         for key in ordered:
             actual = running.get(key, None)
             if actual is not None and actual != requested[key]:
                 log.warning(
-                    f"{who}{key}={requested[key]} was requested, but the running session has "
-                    f"{actual}; JVM sizing applies only when a session starts."
+                    f"{who}{key}={requested[key]} was requested, but {where} {actual}; JVM "
+                    "sizing applies only when a session starts."
                 )
 
     def _started_with(self, spark: Any) -> dict[str, str]:
         if self.remote:
             return {}
+        if self._warm is not None:
+            return result_settings(self._warm.conf)
         try:
             return _STARTED_WITH.get(spark.sparkContext.applicationId, {})
         except Exception:
@@ -404,7 +438,7 @@ class SparkPool(ConfigurableResource):
     @contextmanager
     def _active(self, spark: Any) -> Iterator[None]:
         """Make ``SparkSession.builder.getOrCreate()`` in the step's script return ``spark``."""
-        if not self.remote:
+        if not self._connect_url():
             yield
             return
         from pyspark.sql.connect.session import SparkSession as ConnectSession
@@ -426,16 +460,26 @@ class SparkPool(ConfigurableResource):
         from pyspark import SparkContext
         from pyspark.sql import SparkSession
 
+        if self._warm is not None:
+            # Another pool may have started a JVM in this process since: a step's script would
+            # then get that one (or an error) from getOrCreate(), so the pool moves to it too.
+            if SparkContext._active_spark_context is None and not self._session.is_stopped:
+                return self._session, False
+            self._release_warm()
+
         if self._session is not None and _alive(self._session):
             return self._session, False
         started = time.perf_counter()
         if SparkContext._active_spark_context is not None:
+            self._note_warm_unused(log)
             # Attach without options: the builder would write them into the running session's
             # configuration for good (step_session applies a step's settings, and undoes them).
             self._session = SparkSession.builder.getOrCreate()
             log.info(
                 f"Spark pool attached to the running SparkSession ({time.perf_counter() - started:.2f} s)"
             )
+            return self._session, False
+        if self._attach_warm(log) is not None:
             return self._session, False
         from dagster_pyspark import LazyPySparkResource
 
@@ -479,13 +523,7 @@ class SparkPool(ConfigurableResource):
                 "kind of Spark pool per process (or run this pipeline in its own process)."
             )
         try:
-            # create(), not getOrCreate(): pyspark keeps one default Connect session per process,
-            # whatever URL it was made for, so getOrCreate() could hand back another server's.
-            with _restored_env(_CONNECT_ENV):
-                # PySpark flags Connect mode in os.environ, which every process started later
-                # (a step's script, a run worker) would inherit and obey.
-                self._session = SparkSession.builder.remote(self.remote).create()
-            self._session.range(1).count()  # fail here, clearly, if the server is not there
+            self._session = warm_pool.connect_session(self.remote)
         except (PySparkException, OSError) as exc:
             raise self._unreachable(exc) from exc
         log.info(
@@ -493,6 +531,82 @@ class SparkPool(ConfigurableResource):
             f"({time.perf_counter() - started:.2f} s)"
         )
         return self._session
+
+    # -- warm pools ----------------------------------------------------------------------------
+
+    def _connect_url(self) -> str | None:
+        """The Spark Connect URL of the pool's session (``remote``, or its warm pool's); None
+        for a session in this process."""
+        if self.remote:
+            return self.remote
+        return self._warm.client_url() if self._warm is not None else None
+
+    def _attach_warm(self, log: Any) -> Any:
+        """Attach to this pool's warm pool, if one runs with the pool's settings; None (after
+        saying why, if one was started) when the pool starts its own session instead."""
+        if self.remote or self._name is None:
+            return None
+        from pyspark.errors import PySparkException
+
+        found, why = warm_pool.find(self._name)
+        if found is None:
+            if why:
+                log.info(f"Warm Spark pool '{self._name}' not used: {why}.")
+            return None
+        started = time.perf_counter()
+        try:
+            session = warm_pool.connect_session(found.client_url())
+        except (PySparkException, OSError) as exc:
+            log.warning(
+                f"Warm Spark pool '{found.name}' at {found.url} not used: it did not answer "
+                f"({exc}); this run starts its own SparkSession."
+            )
+            return None
+        # Result settings a session can change are applied per step (step_session), like on an
+        # in-process session; anything else must be what the server was started with.
+        problems = found.settings_problems(
+            self.spark_conf(),
+            lambda key: not is_speed_only(key) and _modifiable(session.conf, key),
+        )
+        if problems:
+            with _restored_env(_CONNECT_ENV):
+                session.stop()
+            lines = "\n".join(f"  - {p}" for p in problems)
+            log.warning(
+                f"Warm Spark pool '{found.name}' at {found.url} not used: it was started with "
+                f"other settings than the pool has, which a session cannot change:\n{lines}\n"
+                f"This run starts its own SparkSession. To use the warm pool with the pool's "
+                f"settings: aml-assets pool stop {found.name}; aml-assets pool start {found.name}"
+            )
+            return None
+        self._session, self._warm = session, found
+        log.info(
+            f"Spark pool attached to warm Spark pool '{found.name}' at {found.url} "
+            f"({time.perf_counter() - started:.2f} s)"
+        )
+        return session
+
+    def _release_warm(self) -> None:
+        """Close the session on the warm pool, if the pool has one (the server keeps running)."""
+        if self._warm is None:
+            return
+        warm, session, self._session, self._warm = self._warm, self._session, None, None
+        if session is not None and not session.is_stopped:
+            if not warm_pool.listening(warm.port):
+                # The server is gone: the client would retry releasing the session for minutes.
+                session.release_session_on_close = False
+            with _restored_env(_CONNECT_ENV):
+                session.stop()
+
+    def _note_warm_unused(self, log: Any) -> None:
+        """Say so when a warm pool runs for this pool but the process already has a JVM."""
+        if self.remote or self._name is None or warm_pool.find(self._name)[0] is None:
+            return
+        log.info(
+            f"Warm Spark pool '{self._name}' not used: a local SparkContext already runs in this "
+            "process, and PySpark cannot hold a Spark Connect session beside it; the pool uses "
+            "that SparkContext."
+        )
 
     def _unreachable(self, exc: BaseException) -> ComputeTargetError:
         return ComputeTargetError(
@@ -514,11 +628,12 @@ class SparkPool(ConfigurableResource):
     def script_environment(self) -> Iterator[None]:
         """While a step script runs: make its own ``SparkSession.builder.getOrCreate()`` find
         the pool's session (for Spark Connect that needs ``SPARK_REMOTE``)."""
-        if not self.remote:
+        url = self._connect_url()
+        if not url:
             yield
             return
         with _restored_env(_CONNECT_ENV):
-            os.environ["SPARK_REMOTE"] = self.remote
+            os.environ["SPARK_REMOTE"] = url
             yield
 
 
@@ -611,20 +726,3 @@ def _restore(conf: Any, before: Mapping[str, str], log: Any, step: str) -> None:
                 f"Spark step '{step}' changed {key} and it cannot be restored ({exc}); later "
                 "steps in this process check their settings against the session."
             )
-
-
-#: Environment variables PySpark sets process-wide when it enters Spark Connect mode.
-_CONNECT_ENV = ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE")
-
-
-@contextmanager
-def _restored_env(names: Sequence[str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in names}
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

@@ -21,7 +21,8 @@ under load), against a reused run's ~0.6 s of real work.
   an fsync; a crash of a process loses nothing, a power cut may lose the last events written
   (never the database). The reuse ledger, the record of what a step produced, is not in it.
 
-Select it in ``dagster.yaml`` (the project's does)::
+Select it in ``dagster.yaml`` (``python -m aml_assets.service.instance`` adds this block when it
+installs the project's file in a home)::
 
     event_log_storage:
       module: aml_assets.service.event_log

@@ -41,6 +41,28 @@ MARKER_NAME = ".aml_instance_initialized"
 #: Replaced by the home's absolute path when a default ``dagster.yaml`` is installed in a home.
 HOME_PLACEHOLDER = "{dagster_home}"
 
+#: Added to an installed ``dagster.yaml`` that chooses no event log storage of its own.
+_EVENT_LOG_BLOCK = """
+# Added by aml_assets.service.instance: Dagster's SQLite event log in this home, faster
+# (aml_assets/service/event_log.py).
+event_log_storage:
+  module: aml_assets.service.event_log
+  class: FastSqliteEventLogStorage
+  config:
+    base_dir: "{dagster_home}/history/runs"
+"""
+
+
+def home_config(default: str, home: Path) -> str:
+    """The ``dagster.yaml`` a default config becomes in ``home``: with the faster event log
+    (unless it chooses its own event log or storage) and ``{dagster_home}`` as ``home``'s path,
+    so storages get this home's absolute folder whatever the caller's environment says."""
+    chooses_storage = any(
+        line.startswith(("event_log_storage:", "storage:")) for line in default.splitlines()
+    )
+    text = default if chooses_storage else default.rstrip("\n") + "\n" + _EVENT_LOG_BLOCK
+    return text.replace(HOME_PLACEHOLDER, str(home))
+
 
 class InstanceError(AmlAssetsError):
     """A Dagster instance (``$DAGSTER_HOME``) could not be initialised or opened."""
@@ -64,11 +86,7 @@ def ensure_instance(dagster_home: Path, *, default_config: Path | None = None) -
     home.mkdir(parents=True, exist_ok=True)
     with _locked(home / LOCK_NAME):
         if default_config is not None and _config_stale(home, default_config):
-            # "{dagster_home}" in the default config becomes this home's path: storages that
-            # need an absolute folder (the event log's) get this home's, whatever the caller's
-            # environment says.
-            text = Path(default_config).read_text().replace(HOME_PLACEHOLDER, str(home))
-            _atomic_write(home / CONFIG_NAME, text)
+            _atomic_write(home / CONFIG_NAME, home_config(Path(default_config).read_text(), home))
         if _is_initialised(home):
             return
         _initialise(home)

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on now, on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -26,7 +27,7 @@ class SparkConnectServer:
 
         self.spark_home = Path(pyspark.__file__).resolve().parent
         self.master = master
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"sc://127.0.0.1:{self.port}"
         self.workdir = Path(tempfile.mkdtemp(prefix="aml-spark-connect-"))
         self.env = {
