@@ -24,6 +24,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # A developer's (or the Makefile's) DAGSTER_HOME must not leak into tests' subprocesses.
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.setenv("AML_CACHE_DIR", str(tmp_path / "cache"))
+    # Nor a developer's warm Spark pools (aml-assets pool start): tests start their own.
+    monkeypatch.setenv("AML_STATE_DIR", str(tmp_path / "state"))
     return root
 
 

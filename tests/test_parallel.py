@@ -249,3 +249,20 @@ def test_parallel_spark_steps_share_the_pools_session_beside_script_steps(tmp_pa
     apps = {p.read_text() for p in Path(env["MARKS"]).glob("app-*")}
     assert len(list(Path(env["MARKS"]).glob("app-*"))) == 2
     assert len(apps) == 1, f"the two Spark steps ran in different Spark applications: {apps}"
+
+
+def test_script_steps_get_the_users_spark_connect_settings_not_a_spark_steps(tmp_path, monkeypatch):
+    """A Spark step sets SPARK_REMOTE (a warm pool's URL, with its token) in this process while
+    its script runs; a script step started meanwhile by another thread must not inherit it."""
+    import aml_assets.compute.launch  # noqa: F401 - loaded with the pipeline, before any step
+
+    SCRIPTS["env_probe.py"] = (
+        "import os, sys\nfrom pathlib import Path\n"
+        "Path(sys.argv[-1], 'env.txt').write_text(repr(os.environ.get('SPARK_REMOTE')))\n"
+    )
+    env = _fan_project(tmp_path, "probe:env_probe.py")
+    env["SPARK_REMOTE"] = "sc://127.0.0.1:1/;token=not-for-scripts"  # as a Spark step sets it
+    result, instance = _execute(tmp_path, env)
+    assert result.success
+    seen = next(Path(os.environ["AML_DATASTORE_ROOT"], "steps", "probe").rglob("env.txt"))
+    assert seen.read_text() == "None"

@@ -46,6 +46,11 @@ from aml_assets.errors import (
 from amlrun.context import CONTEXT_ENV, Run, in_process_run
 
 _STDERR_TAIL_LINES = 40
+#: The Spark Connect variables as this process started with them (see ``run_script_process``).
+_CONNECT_ENV_AT_START = {
+    name: os.environ.get(name)
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE")
+}
 
 # --- the steps running in this process, by run: so a run that is interrupted can stop them ---
 # With the threaded executor several steps of a run are in flight at once in worker threads; an
@@ -188,6 +193,12 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
             "AML_SOURCE_DIRECTORY": str(launch.source_directory),
         }
         env = {**step_env(env, launch.secrets, launch.datastore_credentials), **protect_env}
+        # Spark Connect variables an in-process Spark step (another thread) has set for its
+        # script only (a warm pool's URL carries its token): the process gets the user's own.
+        for name, value in _CONNECT_ENV_AT_START.items():
+            env.pop(name, None)
+            if value is not None:
+                env[name] = value
         interrupted, started = threading.Event(), threading.Event()
         procs: list[subprocess.Popen[bytes]] = []
 
