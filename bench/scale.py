@@ -15,6 +15,9 @@ other are interleaved run by run so that machine drift hits them alike:
   reuse), then a fully reused rerun;
 - DVC: a ``dvc.yaml`` of the same N stages running the same script, ``dvc repro`` cold, then
   again (nothing changed: a no-op);
+- aml-assets on the warm runner: the sequential pipeline through ``aml-assets run`` on a home set
+  up as ``make run`` sets it up (the project's dagster.yaml: its faster event log) with
+  ``aml-assets runner start`` done before the figures;
 - Dagster's floor: a job of N no-op assets (no aml-assets) through the same CLI and the same
   in-process executor as the sequential job;
 - the cost of one more reused step: the slope of the reused figures between the smallest and the
@@ -39,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     Report,
+    WarmRunner,
+    aml_run_logged,
     dagster_execute,
     dagster_execute_logged,
     dvc_project,
@@ -101,7 +106,13 @@ defs = Pipeline("fan", steps).to_definitions(
 
 
 def aml_project(
-    folder: Path, template: Path, n: int, parallel: bool, limit: int = 2, sleep: float = 0.0
+    folder: Path,
+    template: Path,
+    n: int,
+    parallel: bool,
+    limit: int = 2,
+    sleep: float = 0.0,
+    project_config: bool = False,
 ) -> tuple[Path, dict[str, str]]:
     """A fresh aml-assets project of ``n`` steps: definitions file and isolated environment."""
     fresh_dir(folder)
@@ -117,6 +128,7 @@ def aml_project(
             "BENCH_LIMIT": str(limit),
             "BENCH_PARALLEL": "1" if parallel else "0",
         },
+        project_config=project_config,
     )
     return folder / "defs.py", env
 
@@ -133,9 +145,14 @@ def dvc_fanout(folder: Path, n: int) -> Path:
     return dvc_project(folder, "stages:\n" + stages)
 
 
-def reused_run(defs: Path, env: dict[str, str], n: int, what: str, report: Report) -> float:
+def reused_run(
+    defs: Path, env: dict[str, str], n: int, what: str, report: Report, warm: bool = False
+) -> float:
     """A rerun that should reuse all ``n`` steps, timed; a note in the table if it did not."""
-    seconds, console = dagster_execute_logged(defs, "fan", env, what)
+    run = aml_run_logged if warm else dagster_execute_logged
+    seconds, console = run(defs, "fan", env, what)
+    if warm and "on the warm runner" not in console:
+        report.notes.append(f"WARNING: {what}: did not run on the warm runner")
     if reused_steps(console) != n:
         report.notes.append(
             f"WARNING: {what}: {reused_steps(console)} of {n} steps said they were reused"
@@ -148,25 +165,37 @@ def bench_size(
 ) -> dict[str, list[float]]:
     """Cold and fully reused runs of N steps: aml sequential, aml parallel, DVC; the floor."""
     series: dict[str, list[float]] = {
-        k: [] for k in ("seq_cold", "par_cold", "dvc_cold", "seq", "par", "dvc", "floor")
+        k: []
+        for k in ("seq_cold", "par_cold", "warm_cold", "dvc_cold", "seq", "par", "warm", "dvc", "floor")
     }
     floor_defs, floor_env = write_floor(tmp / f"n{n}" / "floor", n, "fan", template)
     dagster_execute(floor_defs, "floor", floor_env, f"floor N={n} (warm-up)")
     for rep in range(reps):
         seq_defs, seq_env = aml_project(tmp / f"n{n}" / "seq", template, n, parallel=False)
         par_defs, par_env = aml_project(tmp / f"n{n}" / "par", template, n, parallel=True)
+        warm_defs, warm_env = aml_project(
+            tmp / f"n{n}" / "warm", template, n, parallel=False, project_config=True
+        )
         dvc_dir = dvc_fanout(tmp / f"n{n}" / "dvc", n)
-        series["seq_cold"].append(dagster_execute(seq_defs, "fan", seq_env, f"sequential N={n}"))
-        series["par_cold"].append(dagster_execute(par_defs, "fan", par_env, f"parallel N={n}"))
-        series["dvc_cold"].append(dvc_repro(dvc_dir, f"dvc repro N={n}"))
-        series["floor"].append(dagster_execute(floor_defs, "floor", floor_env, f"floor N={n}"))
-        series["seq"].append(reused_run(seq_defs, seq_env, n, f"sequential rerun N={n}", report))
-        series["par"].append(reused_run(par_defs, par_env, n, f"parallel rerun N={n}", report))
-        series["dvc"].append(dvc_repro(dvc_dir, f"dvc repro (no-op) N={n}"))
+        with WarmRunner(warm_env):
+            series["seq_cold"].append(dagster_execute(seq_defs, "fan", seq_env, f"sequential N={n}"))
+            series["par_cold"].append(dagster_execute(par_defs, "fan", par_env, f"parallel N={n}"))
+            series["warm_cold"].append(
+                aml_run_logged(warm_defs, "fan", warm_env, f"warm runner N={n}")[0]
+            )
+            series["dvc_cold"].append(dvc_repro(dvc_dir, f"dvc repro N={n}"))
+            series["floor"].append(dagster_execute(floor_defs, "floor", floor_env, f"floor N={n}"))
+            series["seq"].append(reused_run(seq_defs, seq_env, n, f"sequential rerun N={n}", report))
+            series["par"].append(reused_run(par_defs, par_env, n, f"parallel rerun N={n}", report))
+            series["warm"].append(
+                reused_run(warm_defs, warm_env, n, f"warm runner rerun N={n}", report, warm=True)
+            )
+            series["dvc"].append(dvc_repro(dvc_dir, f"dvc repro (no-op) N={n}"))
         log(
             f"  N={n} rep {rep + 1}: cold seq {series['seq_cold'][-1]:.2f} par "
             f"{series['par_cold'][-1]:.2f} dvc {series['dvc_cold'][-1]:.2f} | reused seq "
-            f"{series['seq'][-1]:.2f} par {series['par'][-1]:.2f} dvc {series['dvc'][-1]:.2f} "
+            f"{series['seq'][-1]:.2f} par {series['par'][-1]:.2f} warm {series['warm'][-1]:.2f} "
+            f"dvc {series['dvc'][-1]:.2f} "
             f"| floor {series['floor'][-1]:.2f} s"
         )
     return series
@@ -182,9 +211,13 @@ def report_size(report: Report, n: int, s: dict[str, list[float]]) -> None:
         f"{m['par_cold']:.2f} s",
         f"({spread(s['par_cold'])})",
     )
+    report.add(
+        sec, "cold: aml run, warm runner", f"{m['warm_cold']:.2f} s", f"({spread(s['warm_cold'])})"
+    )
     report.add(sec, "cold: dvc repro", f"{m['dvc_cold']:.2f} s", f"({spread(s['dvc_cold'])})")
     report.add(sec, "reused: aml sequential", f"{m['seq']:.2f} s", f"({spread(s['seq'])})")
     report.add(sec, "reused: aml parallel", f"{m['par']:.2f} s", f"({spread(s['par'])})")
+    report.add(sec, "reused: aml run, warm runner", f"{m['warm']:.2f} s", f"({spread(s['warm'])})")
     report.add(sec, "reused: dvc repro (no-op)", f"{m['dvc']:.2f} s", f"({spread(s['dvc'])})")
     report.add(sec, "floor: no-op N-asset job", f"{m['floor']:.2f} s", f"({spread(s['floor'])})")
     report.add(
@@ -200,6 +233,13 @@ def report_size(report: Report, n: int, s: dict[str, list[float]]) -> None:
         f"{m['seq'] / m['dvc']:.2f}x",
         f"target <= {TARGET_SEQUENTIAL_OVER_DVC}x",
         m["seq"] / m["dvc"] <= TARGET_SEQUENTIAL_OVER_DVC,
+    )
+    report.add(
+        sec,
+        "reused warm runner / dvc no-op",
+        f"{m['warm'] / m['dvc']:.2f}x",
+        f"target <= {TARGET_SEQUENTIAL_OVER_DVC}x",
+        m["warm"] / m["dvc"] <= TARGET_SEQUENTIAL_OVER_DVC,
     )
     report.add(sec, "reused sequential / floor", f"{m['seq'] / m['floor']:.2f}x")
     report.add(sec, "cold sequential / dvc cold", f"{m['seq_cold'] / m['dvc_cold']:.2f}x")
@@ -218,6 +258,13 @@ def report_slopes(report: Report, by_size: dict[int, dict[str, list[float]]]) ->
         f"{slope('seq') * 1000:.1f} ms",
         f"target <= {TARGET_REUSED_STEP_S * 1000:.0f} ms",
         slope("seq") <= TARGET_REUSED_STEP_S,
+    )
+    report.add(
+        sec,
+        "aml run, warm runner (sequential)",
+        f"{slope('warm') * 1000:.1f} ms",
+        f"target <= {TARGET_REUSED_STEP_S * 1000:.0f} ms",
+        slope("warm") <= TARGET_REUSED_STEP_S,
     )
     for key, label in (
         ("par", "aml parallel"),
