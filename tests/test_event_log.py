@@ -117,3 +117,37 @@ def test_the_project_config_installed_in_a_home_names_that_home(tmp_path, monkey
     # The file copied by hand, placeholder and all: refused with the fix.
     with pytest.raises(ValueError, match="still holds the {dagster_home} placeholder"):
         FastSqliteEventLogStorage("{dagster_home}/history/runs")
+
+
+def test_a_run_being_written_is_seen_live_by_a_watcher(tmp_path):
+    """The UI follows a running run by watching its database; events committed on a connection
+    kept open are in the WAL file, and still reach the watcher within moments."""
+    import logging
+    import time
+
+    from dagster._core.events.log import EventLogEntry
+
+    from aml_assets.service.event_log import FastSqliteEventLogStorage
+
+    base = str(tmp_path / "runs")
+    writer, reader = FastSqliteEventLogStorage(base), FastSqliteEventLogStorage(base)
+    seen: list[str] = []
+
+    def entry(message: str) -> EventLogEntry:
+        return EventLogEntry(
+            error_info=None, level=logging.INFO, user_message=message, run_id="r1",
+            timestamp=time.time(), step_key=None, job_name="job", dagster_event=None,
+        )
+
+    writer.store_event(entry("first"))
+    reader.watch("r1", None, lambda event, cursor: seen.append(event.user_message))
+    try:
+        for message in ("second", "third"):
+            writer.store_event(entry(message))
+            deadline = time.monotonic() + 10
+            while message not in seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert message in seen, f"the watcher never saw '{message}' (saw {seen})"
+    finally:
+        reader.dispose()
+        writer.dispose()

@@ -15,11 +15,15 @@ under load), against a reused run's ~0.6 s of real work.
   and Dagster's usual initialisation then runs on it;
 - the Alembic head revision is computed once per process and an existing database stamped with
   it is not checked again through Alembic;
-- each database's SQLAlchemy engine is made once per process (Dagster makes and disposes one per
-  event: a reused step writes ~7 events), and its connections commit with
+- each database's SQLAlchemy engine and SQLite connection are made once per process (Dagster
+  makes and disposes both per event, and closing a WAL database's last connection checkpoints
+  it: a reused step writes ~7 events), and the connection commits with
   ``synchronous=NORMAL``, SQLite's recommended setting in WAL mode: a commit no longer waits for
   an fsync; a crash of a process loses nothing, a power cut may lose the last events written
   (never the database). The reuse ledger, the record of what a step produced, is not in it.
+  With the connection kept open, new events sit in the database's WAL file until a checkpoint,
+  so a run's watcher (the UI's live log) is woken by changes to ``<run>.db-wal`` too, not only
+  to ``<run>.db`` as Dagster's is.
 
 Select it in ``dagster.yaml`` (``python -m aml_assets.service.instance`` adds this block when it
 installs the project's file in a home)::
@@ -54,11 +58,16 @@ from typing import Any
 import sqlalchemy
 from dagster._config import StringSource
 from dagster._core.storage.event_log.sqlite import sqlite_event_log
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    SqliteEventLogStorage,
+    SqliteEventLogStorageWatchdog,
+)
 from dagster._core.storage.sql import create_engine, get_alembic_config
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
+from watchdog.events import PatternMatchingEventHandler
+from watchdog.observers import Observer
 
 _TEMPLATE = ".aml-run-shard-template.sqlite"
 
@@ -94,6 +103,19 @@ def _wal_normal(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class _RunLogWatchdog(SqliteEventLogStorageWatchdog):
+    """Dagster's watcher of one run's database, also woken by its WAL file."""
+
+    def __init__(self, storage: Any, run_id: str, callback: Any, cursor: str | None):
+        super().__init__(storage, run_id, callback, cursor)
+        self._paths = (self._log_path, f"{self._log_path}-wal")
+        PatternMatchingEventHandler.__init__(self, patterns=list(self._paths))
+
+    def on_modified(self, event: Any) -> None:
+        if event.src_path in self._paths:
+            self._process_log()
+
+
 class FastSqliteEventLogStorage(SqliteEventLogStorage):
     """``SqliteEventLogStorage`` whose run databases start from a template (see the module)."""
 
@@ -114,10 +136,16 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
         with self._db_lock:
             engine = self._engines.pop(shard, None)
             if engine is None:
+                # One connection per database, kept open (every use is under ``_db_lock``):
+                # closing the last connection of a WAL database checkpoints it and deletes its
+                # WAL file, which Dagster's per-event connections did ~7 times per step.
                 engine = create_engine(
                     self.conn_string_for_shard(shard),
-                    poolclass=NullPool,
-                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+                    poolclass=StaticPool,
+                    connect_args={
+                        "timeout": SQLITE_BUSY_TIMEOUT_SECONDS,
+                        "check_same_thread": False,
+                    },
                 )
                 sqlalchemy.event.listen(engine, "connect", _wal_normal)
             self._engines[shard] = engine
@@ -128,6 +156,17 @@ class FastSqliteEventLogStorage(SqliteEventLogStorage):
                 self._initialized_dbs.add(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
+        # Dagster's ``watch`` with the watcher that also follows the WAL file.
+        if not self._obs:
+            self._obs = Observer()
+            self._obs.start()
+        watchdog = _RunLogWatchdog(self, run_id, callback, cursor)
+        self._watchers[run_id][callback] = (
+            watchdog,
+            self._obs.schedule(watchdog, self._base_dir, recursive=True),
+        )
 
     def dispose(self) -> None:
         with self._db_lock:
