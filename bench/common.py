@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 REPO = Path(__file__).resolve().parent.parent
 DAGSTER = Path(sys.executable).with_name("dagster")
@@ -223,11 +224,13 @@ class Report:
 
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The words for a target met and missed.
+    verdicts: ClassVar[tuple[str, str]] = ("PASS", "FAIL")
 
     def add(
         self, section: str, label: str, value: str, target: str = "", ok: bool | None = None
     ) -> None:
-        verdict = "" if ok is None else ("PASS" if ok else "FAIL")
+        verdict = "" if ok is None else self.verdicts[0 if ok else 1]
         self.rows.append(Row(section, label, value, target, verdict))
 
     def render(self) -> str:

@@ -40,10 +40,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import Report as _Report  # noqa: E402
 
 #: Targets from the brief.
 TARGET_REUSED_OVER_FLOOR = 1.3
@@ -95,47 +97,8 @@ def stdout_to_stderr() -> Iterator[None]:
         yield
 
 
-@dataclass
-class Row:
-    section: str
-    label: str
-    value: str
-    target: str = ""
-    verdict: str = ""
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def add(
-        self, section: str, label: str, value: str, target: str = "", ok: bool | None = None
-    ) -> None:
-        verdict = "" if ok is None else ("OK" if ok else "MISSED")
-        self.rows.append(Row(section, label, value, target, verdict))
-
-    def render(self) -> str:
-        w_label = max(len(r.label) for r in self.rows)
-        w_value = max(len(r.value) for r in self.rows)
-        w_target = max(len(r.target) for r in self.rows)
-        lines = []
-        section = None
-        for r in self.rows:
-            if r.section != section:
-                section = r.section
-                lines.append("")
-                lines.append(section)
-                lines.append("-" * len(section))
-            lines.append(
-                f"  {r.label:<{w_label}}  {r.value:>{w_value}}  {r.target:<{w_target}}  {r.verdict}".rstrip()
-            )
-        if self.notes:
-            lines.append("")
-            lines.append("Notes")
-            lines.append("-----")
-            lines.extend(f"  - {n}" for n in self.notes)
-        return "\n".join(lines)
+class Report(_Report):
+    verdicts = ("OK", "MISSED")
 
 
 def run_job(defs, name: str, instance) -> None:
