@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -364,6 +365,15 @@ def cmd_run(args: argparse.Namespace, out) -> int:
     from aml_assets.service import runner
     from aml_assets.service.runs import RunRequest, execute
 
+    if not os.environ.get("DAGSTER_HOME"):
+        # As the Makefile does: run history in ./.dagster_home, set up once from ./dagster.yaml.
+        from aml_assets.service.instance import ensure_instance
+
+        home = Path(".dagster_home").absolute()
+        config = Path("dagster.yaml")
+        ensure_instance(home, default_config=config if config.is_file() else None)
+        os.environ["DAGSTER_HOME"] = str(home)
+        print(f"DAGSTER_HOME is not set: run history goes to {home}", file=sys.stderr)
     request = RunRequest(
         definitions=args.file,
         job=args.job,

@@ -188,3 +188,13 @@ def test_runner_stop_leaves_nothing_behind(proj):
     assert not (home / "aml-runner.sock").exists() and not (home / "aml-runner.json").exists()
     none = subprocess.run([AML, "runner", "status"], env=proj, capture_output=True, text=True)
     assert "no warm runner" in none.stdout
+
+
+def test_run_without_dagster_home_keeps_history_in_the_project(tmp_path, proj):
+    env = {k: v for k, v in proj.items() if k != "DAGSTER_HOME"}
+    first = _run(tmp_path, env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"run history goes to {tmp_path / '.dagster_home'}" in first.stderr
+    second = _run(tmp_path, env)
+    assert "make   reused outputs of run" in second.stdout
+    assert _runs({"DAGSTER_HOME": str(tmp_path / ".dagster_home")}) == 2
