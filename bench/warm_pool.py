@@ -15,6 +15,9 @@ is reused. The two kinds differ only in ``AML_STATE_DIR``:
   (``aml-assets pool start spark01 -f definitions.py``; its start time is reported, not part of
   the runs), so ``dataprep`` attaches to it.
 
+``--via warm-runner`` runs both kinds through ``aml-assets run`` on a warm runner started (untimed)
+in each fresh home instead: the same command for both again, with Python's imports paid once.
+
 One untimed run of each kind first (page cache, the server's first queries), then the timed
 runs, interleaved (warm, own JVM, warm, ...) so that drift hits both alike. Each run's log is
 checked for the line that says how ``dataprep`` got its session, so a figure never silently
@@ -82,7 +85,9 @@ def stop_pool(project: Path, state: Path) -> None:
     log(f"  {(out.stdout + out.stderr).strip()}")
 
 
-def cold_run(project: Path, work: Path, state: Path, kind: str) -> tuple[float, float]:
+def cold_run(
+    project: Path, work: Path, state: Path, kind: str, via: str = "dagster"
+) -> tuple[float, float]:
     """One cold run in a fresh process; returns (wall seconds, dataprep step seconds)."""
     work.mkdir()
     env = {
@@ -97,13 +102,23 @@ def cold_run(project: Path, work: Path, state: Path, kind: str) -> tuple[float, 
          "--default-config", str(project / "dagster.yaml")],
         env=env, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
-    started = time.perf_counter()
-    out = subprocess.run(
-        [str(BIN / "dagster"), "job", "execute", "-f", "definitions.py", "-j", "synapse_pipeline"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    seconds = time.perf_counter() - started
+    if via == "warm-runner":
+        command = [str(BIN / "aml-assets"), "run", "-f", "definitions.py", "-j", "synapse_pipeline",
+                   "--log-level", "debug"]  # fmt: skip
+        subprocess.run([str(BIN / "aml-assets"), "runner", "start"], env=env, check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+    else:
+        command = [str(BIN / "dagster"), "job", "execute", "-f", "definitions.py", "-j", "synapse_pipeline"]
+    try:
+        started = time.perf_counter()
+        out = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        seconds = time.perf_counter() - started
+    finally:
+        if via == "warm-runner":
+            subprocess.run([str(BIN / "aml-assets"), "runner", "stop"], env=env, capture_output=True)
     text = out.stdout + out.stderr
+    if via == "warm-runner" and "on the warm runner" not in text:
+        raise SystemExit(f"{kind} run did not run on the warm runner:\n{text[-4000:]}")
     expected = "attached to warm Spark pool 'spark01'" if kind == "warm" else "started a SparkSession"
     if out.returncode != 0 or "RUN_SUCCESS" not in text or expected not in text:
         raise SystemExit(f"{kind} run did not do what it measures ({expected!r}):\n{text[-4000:]}")
@@ -116,6 +131,8 @@ def cold_run(project: Path, work: Path, state: Path, kind: str) -> tuple[float, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="timed runs of each kind (default 7)")
+    parser.add_argument("--via", choices=["dagster", "warm-runner"], default="dagster",
+                        help="dagster job execute (default), or aml-assets run on a warm runner")
     args = parser.parse_args(argv)
 
     wall = time.perf_counter()
@@ -128,12 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         log("starting the warm pool for spark01")
         start_seconds = start_pool(project, warm_state)
         log("untimed first runs")
-        first_warm = cold_run(project, tmp / "first-warm", warm_state, "warm")
-        first_cold = cold_run(project, tmp / "first-cold", no_state, "own JVM")
+        first_warm = cold_run(project, tmp / "first-warm", warm_state, "warm", args.via)
+        first_cold = cold_run(project, tmp / "first-cold", no_state, "own JVM", args.via)
         log(f"  warm {first_warm[0]:.2f} s, own JVM {first_cold[0]:.2f} s")
         for i in range(args.runs):
             for kind, state in (("warm", warm_state), ("own JVM", no_state)):
-                runs[kind].append(cold_run(project, tmp / f"run-{i}-{kind.replace(' ', '')}", state, kind))
+                runs[kind].append(
+                    cold_run(project, tmp / f"run-{i}-{kind.replace(' ', '')}", state, kind, args.via)
+                )
             log(
                 f"  run {i + 1}/{args.runs}: warm {runs['warm'][-1][0]:.2f} s, own JVM "
                 f"{runs['own JVM'][-1][0]:.2f} s (dataprep {runs['warm'][-1][1]:.2f} / "
@@ -169,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         ("aml-assets pool start spark01 (once)", f"{start_seconds:.1f} s", ""),
     ]  # fmt: skip
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
-    print("Warm Spark pool: a cold run of the reference pipeline (fresh datastore and instance)")
+    print(
+        "Warm Spark pool: a cold run of the reference pipeline (fresh datastore and instance), "
+        + ("dagster job execute" if args.via == "dagster" else "aml-assets run on a warm runner")
+    )
     print("-" * 83)
     for label, value, note in rows:
         print(f"  {label:<{w0}}  {value:>{w1}}  {note}".rstrip())
