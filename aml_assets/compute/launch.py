@@ -37,6 +37,7 @@ from aml_assets.compute.secrets import (
     step_env,
 )
 from aml_assets.compute.spark import SparkPool
+from aml_assets.compute.warm_pool import CONNECT_ENV
 from aml_assets.errors import (
     ComputeTargetError,
     StepFailedError,
@@ -47,10 +48,7 @@ from amlrun.context import CONTEXT_ENV, Run, in_process_run
 
 _STDERR_TAIL_LINES = 40
 #: The Spark Connect variables as this process started with them (see ``run_script_process``).
-_CONNECT_ENV_AT_START = {
-    name: os.environ.get(name)
-    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE")
-}
+_CONNECT_ENV_AT_START = {name: os.environ.get(name) for name in CONNECT_ENV}
 
 # --- the steps running in this process, by run: so a run that is interrupted can stop them ---
 # With the threaded executor several steps of a run are in flight at once in worker threads; an

@@ -20,11 +20,6 @@ from typing import Any, TextIO
 
 from aml_assets.errors import AmlAssetsError
 
-#: The run-config key of the pipeline's settings resource (``pipeline.assets.RUN_SETTINGS_KEY``).
-_SETTINGS_KEY = "pipeline"
-#: The tag that asks every step to run (``pipeline.assets.REGENERATE_TAG``).
-_REGENERATE_TAG = "aml/regenerate_outputs"
-
 
 class RunRequestError(AmlAssetsError):
     """A run could not be started as asked (no such file, job or parameter syntax)."""
@@ -118,6 +113,10 @@ def execute(request: RunRequest, out: TextIO | None = None, where: str = "") -> 
     """
     from dagster import DagsterInstance, execute_job
 
+    # Imported here, not at the top: the warm runner's client imports this module and must
+    # not pay for Dagster.
+    from aml_assets.pipeline.assets import REGENERATE_TAG, RUN_SETTINGS_KEY
+
     out = out or sys.stdout
     started = time.perf_counter()
     if request.cwd not in sys.path:
@@ -127,8 +126,8 @@ def execute(request: RunRequest, out: TextIO | None = None, where: str = "") -> 
         "loggers": {"console": {"config": {"log_level": request.log_level.upper()}}}
     }
     if request.parameters:
-        run_config["resources"] = {_SETTINGS_KEY: {"config": dict(request.parameters)}}
-    tags = {_REGENERATE_TAG: "true"} if request.regenerate else {}
+        run_config["resources"] = {RUN_SETTINGS_KEY: {"config": dict(request.parameters)}}
+    tags = {REGENERATE_TAG: "true"} if request.regenerate else {}
     instance = DagsterInstance.get()
     with instance:
         result = execute_job(job, instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
