@@ -132,7 +132,10 @@ def cmd_datasets(args: argparse.Namespace, out) -> int:
                 )
         elif args.action == "show":
             ds = registry.get(args.name, args.version)
-            print(json.dumps({k: v for k, v in ds.record.items()}, indent=1, default=str), file=out)
+            if args.json:
+                print(json.dumps(ds.record, indent=1, default=str), file=out)
+            else:
+                _print_dataset(ds.record, out)
         elif args.action == "delete":
             registry.delete_version(args.name, args.version, force=args.force)
             print(
@@ -142,6 +145,74 @@ def cmd_datasets(args: argparse.Namespace, out) -> int:
             )
     finally:
         _warn_malformed(registry)
+    return 0
+
+
+def _print_dataset(record: dict, out) -> None:
+    """One registered version, for a reader: what it is, where, from what, and a preview."""
+    ref = record.get("ref") or {}
+    producer = ref.get("producer") or {}
+    stats = producer.get("stats") or {}
+    lines = [
+        f"{record.get('name')} version {record.get('version')}",
+        f"  created      {_when(record.get('created'))}",
+    ]
+    if record.get("description"):
+        lines.append(f"  description  {record['description']}")
+    if record.get("tags"):
+        lines.append("  tags         " + ", ".join(f"{k}={v}" for k, v in record["tags"].items()))
+    lines += [
+        f"  location     {ref.get('uri')}",
+        f"  format       {ref.get('format')}, {ref.get('file_count')} file(s), {ref.get('byte_count')} bytes",
+        f"  content      {ref.get('content_hash')}",
+    ]
+    if producer:
+        lines.append(f"  produced by  step {producer.get('step')} in run {producer.get('run_id')}")
+    for name, used in (ref.get("input_versions") or {}).items():
+        version = f" version {used['version']}" if used.get("version") is not None else ""
+        lines.append(f"  read         {name}{version} ({str(used.get('content_hash'))[:12]}) at {used.get('uri')}")
+    if stats:
+        lines.append(f"  rows         {stats.get('row_count')}")
+        lines.append("  columns      " + ", ".join(f"{n} ({t})" for n, t in stats.get("columns", [])))
+        if stats.get("preview"):
+            lines += ["", stats["preview"]]
+    print("\n".join(lines), file=out)
+
+
+def cmd_runs(args: argparse.Namespace, out) -> int:
+    """A recorded run's summary: what each step did, versions, metrics, outputs."""
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    from aml_assets.service.runs import print_summary
+
+    if not os.environ.get("DAGSTER_HOME"):
+        home = Path(".dagster_home").absolute()
+        if not home.is_dir():
+            raise AmlAssetsError(
+                "DAGSTER_HOME is not set and there is no ./.dagster_home: set DAGSTER_HOME to the "
+                "home your runs were recorded in"
+            )
+        os.environ["DAGSTER_HOME"] = str(home)
+    with DagsterInstance.get() as instance:
+        runs = instance.get_runs(limit=200)
+        if args.run:
+            runs = [r for r in runs if r.run_id.startswith(args.run)]
+        if not runs:
+            raise AmlAssetsError(
+                f"No run {args.run} among the latest 200 runs of {os.environ['DAGSTER_HOME']}"
+                if args.run else f"No runs are recorded in {os.environ['DAGSTER_HOME']}"
+            )
+        if len(runs) > 1 and args.run:
+            raise AmlAssetsError(
+                f"'{args.run}' matches {len(runs)} runs ({', '.join(r.run_id[:12] for r in runs[:5])}); "
+                "give more of the id"
+            )
+        run = runs[0]
+        stats = instance.get_run_stats(run.run_id)
+        seconds = (stats.end_time or stats.start_time or 0) - (stats.start_time or 0)
+        print_summary(
+            instance, run.run_id, run.job_name, run.status == DagsterRunStatus.SUCCESS, seconds, out
+        )
     return 0
 
 
@@ -303,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = ds_sub.add_parser("show", help="one version's record (latest by default)")
     show.add_argument("name")
     show.add_argument("--version", type=int)
+    show.add_argument("--json", action="store_true", help="the whole record as JSON, for machines")
     delete = ds_sub.add_parser("delete", help="delete a version (refused without --force)")
     delete.add_argument("name")
     delete.add_argument("version", type=int)
@@ -354,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Dagster's console log level (info)")
     ru.add_argument("--no-warm", action="store_true", help="run in this process even when a warm runner is up")
     ru.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser("runs", help="recorded runs of $DAGSTER_HOME")
+    rs_sub = rs.add_subparsers(dest="action", required=True)
+    rs_show = rs_sub.add_parser("show", help="what a run's steps did, their metrics and outputs (latest by default)")
+    rs_show.add_argument("run", nargs="?", help="a run id, or its first characters")
+    rs.set_defaults(func=cmd_runs)
 
     rn = sub.add_parser("runner", help="the warm runner of $DAGSTER_HOME: runs start without paying for imports")
     rn.add_argument("action", choices=["start", "stop", "status"])

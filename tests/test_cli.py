@@ -110,8 +110,19 @@ def test_datasets_list_skips_malformed_records_with_a_warning(datastore, tmp_pat
     assert registry.register(publish(datastore, tmp_path, "p/3/tbl", B)) == (4, True)
     code, out = _aml(datastore.root_dir(), "datasets", "list")
     assert "tbl  versions 1, 4  latest v4" in out
-    code, out = _aml(datastore.root_dir(), "datasets", "show", "tbl")
+    code, out = _aml(datastore.root_dir(), "datasets", "show", "tbl", "--json")
     assert json.loads(out)["version"] == 4
+    # For a reader: what it is, where it is, how many rows, and a preview table.
+    code, out = _aml(datastore.root_dir(), "datasets", "show", "tbl")
+    record = json.loads(_aml(datastore.root_dir(), "datasets", "show", "tbl", "--json")[1])
+    lines = out.splitlines()
+    assert lines[0] == "tbl version 4"
+    assert f"  location     {record['ref']['uri']}" in lines
+    stats = (record["ref"].get("producer") or {}).get("stats")
+    if stats:
+        assert f"  rows         {stats['row_count']}" in lines
+        assert stats["preview"] in out
+    assert "{" not in out.splitlines()[1], "no raw JSON in the readable view"
 
 
 def test_verify_and_gc_on_an_empty_datastore(datastore):

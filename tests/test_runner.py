@@ -79,6 +79,14 @@ def test_run_prints_what_each_step_did_and_records_a_dagster_run(tmp_path, proj)
     assert "make   ran: parameter size changed (3 -> 5)" in third.stdout, third.stdout
     assert "rows=5" in third.stdout
     assert _runs(proj) == 3  # ordinary Dagster runs: the UI lists them
+    # Later, the same summary from the run history: the latest run, or one by its id's start.
+    latest = subprocess.run([AML, "runs", "show"], cwd=tmp_path, env=proj, capture_output=True, text=True)
+    assert latest.returncode == 0 and "rows=5" in latest.stdout
+    run_id = first.stdout.split("(Dagster run ")[1].split(")")[0]
+    earlier = subprocess.run([AML, "runs", "show", run_id[:8]], cwd=tmp_path, env=proj, capture_output=True, text=True)
+    assert f"(Dagster run {run_id})" in earlier.stdout and "rows=3" in earlier.stdout
+    unknown = subprocess.run([AML, "runs", "show", "zzzz"], cwd=tmp_path, env=proj, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "No run zzzz" in unknown.stderr
 
 
 def test_run_refuses_bad_requests_clearly(tmp_path, proj):
