@@ -44,7 +44,7 @@ ui: install
 	$(BIN)/dagster dev -w workspace.yaml
 
 test: install-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 bench: install-test
 	$(BIN)/python bench/reuse.py

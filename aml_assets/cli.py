@@ -1,5 +1,6 @@
-"""The ``aml-assets`` command: explain reuse decisions, manage registered datasets, verify stored
-data, collect garbage, keep Spark pools warm."""
+"""The ``aml-assets`` command: run pipelines (on a warm runner), show runs, explain reuse
+decisions, manage registered datasets, verify stored data, collect garbage, keep Spark pools
+warm."""
 
 from __future__ import annotations
 
@@ -353,7 +354,13 @@ def cmd_pool(args: argparse.Namespace, out) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(prog="aml-assets", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="aml-assets",
+        # Plain text for the terminal (the module docstring is reST).
+        description="Run pipelines (on a warm runner when one is up) and show their runs; explain "
+        "reuse decisions; manage registered datasets; verify stored data; collect garbage; keep "
+        "Spark pools warm.",
+    )
     parser.add_argument(
         "--root",
         help="a local datastore folder; default: the workspace datastore ($AML_DATASTORE=azure "

@@ -131,3 +131,12 @@ def test_verify_and_gc_on_an_empty_datastore(datastore):
     assert "Checked 0 step output(s) of 0 commit(s) and 0 registered version(s): 0 corrupt" in out
     code, out = _aml(datastore.root_dir(), "gc", "--dry-run")
     assert code == 0 and "Nothing to remove" in out
+
+
+def test_help_is_plain_text_and_names_every_command(capsys):
+    from aml_assets.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "``" not in text, "reST markup in the terminal help"
+    for command in ("run", "runs", "runner", "explain", "datasets", "gc", "verify", "pool"):
+        assert command in text
