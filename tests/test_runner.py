@@ -206,3 +206,23 @@ def test_run_without_dagster_home_keeps_history_in_the_project(tmp_path, proj):
     second = _run(tmp_path, env)
     assert "make   reused outputs of run" in second.stdout
     assert _runs({"DAGSTER_HOME": str(tmp_path / ".dagster_home")}) == 2
+
+
+def test_a_runner_record_whose_pid_is_now_another_process_is_stale(tmp_path, warm):
+    """The pid in a runner record may since belong to another process, even to another home's
+    runner: status treats the record as stale and stop signals nothing."""
+    import json
+
+    from aml_assets.service import runner
+
+    other = json.loads((Path(warm["DAGSTER_HOME"]) / runner.PID_NAME).read_text())["pid"]
+    home = tmp_path / "second-home"
+    home.mkdir()
+    # Another home's runner, a live process that is no runner, no process at all.
+    for pid in (other, os.getpid(), 999_999_999):
+        (home / runner.PID_NAME).write_text(json.dumps({"pid": pid, "socket": "x"}))
+        (home / runner.SOCKET_NAME).write_text("")
+        assert runner.status(home) is None
+        assert not (home / runner.PID_NAME).exists() and not (home / runner.SOCKET_NAME).exists()
+        assert runner.stop(home) is False
+    assert _alive(other), "stopping one home's runner must not touch another's"

@@ -41,6 +41,7 @@ from typing import Any
 
 import platformdirs
 
+from aml_assets.compute.processes import command_line
 from aml_assets.compute.secrets import CREDENTIAL_VARIABLES
 from aml_assets.errors import ComputeTargetError
 
@@ -218,28 +219,9 @@ def _remove_stale(pool: WarmPool) -> None:
 # -- processes -------------------------------------------------------------------------------
 
 
-def _command_line(pid: int) -> list[str] | None:
-    """The arguments of a live (not zombie) process, or None if there is none."""
-    proc = Path(f"/proc/{pid}")
-    if Path("/proc/self").exists():
-        try:
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError):
-            return None
-        return None if state in ("Z", "X") else [a.decode(errors="replace") for a in args if a]
-    out = subprocess.run(
-        ["ps", "-ww", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True
-    )
-    line = out.stdout.strip()
-    if out.returncode != 0 or not line or line.startswith("Z"):
-        return None
-    return line.split()[1:]
-
-
 def is_server(pool: WarmPool) -> bool:
     """Whether ``pool.pid`` is still that pool's Connect server (not a reused pid)."""
-    args = _command_line(pool.pid)
+    args = command_line(pool.pid)
     return bool(args) and SERVER_CLASS in args and (
         f"spark.connect.grpc.binding.port={pool.port}" in args
     )

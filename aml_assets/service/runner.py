@@ -17,7 +17,8 @@ on disk since it started (an upgrade, a ``git pull`` of aml-assets); if one did,
 run and exits, and the client runs in its own process. A client of another Python environment
 is refused the same way. Without a runner, ``aml-assets run`` simply runs in its own process.
 
-This module imports only the standard library at the top: the client side must start fast.
+This module imports only the standard library at the top (and ``compute.processes``, which does
+too): the client side must start fast.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from aml_assets.compute.processes import command_line
 
 SOCKET_NAME = "aml-runner.sock"
 PID_NAME = "aml-runner.json"
@@ -71,7 +74,7 @@ PRELOAD = (
 
 def dagster_home() -> Path | None:
     home = os.environ.get("DAGSTER_HOME")
-    return Path(home) if home else None
+    return Path(home).absolute() if home else None
 
 
 def socket_path(home: Path) -> Path:
@@ -346,7 +349,7 @@ def status(home: Path) -> dict[str, Any] | None:
         info = json.loads(pid_file.read_text())
     except (OSError, ValueError):
         return None
-    if not _is_runner(int(info.get("pid", 0))):
+    if not _is_runner(int(info.get("pid", 0)), home):
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
         with contextlib.suppress(FileNotFoundError):
@@ -355,12 +358,11 @@ def status(home: Path) -> dict[str, Any] | None:
     return info
 
 
-def _is_runner(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"aml_assets.service.runner" in cmdline
+def _is_runner(pid: int, home: Path) -> bool:
+    """Whether ``pid`` is still the warm runner of ``home`` (not a zombie, not a reused pid,
+    not another home's runner)."""
+    args = command_line(pid) or []
+    return "aml_assets.service.runner" in args and str(home) in args
 
 
 def start(home: Path, timeout: float = 60) -> dict[str, Any]:
@@ -403,7 +405,7 @@ def stop(home: Path, timeout: float = 30) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _is_runner(pid):
+    while time.monotonic() < deadline and _is_runner(pid, home):
         time.sleep(0.1)
     status(home)  # removes the record if it is left
     return True
