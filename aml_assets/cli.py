@@ -180,20 +180,33 @@ def _print_dataset(record: dict, out) -> None:
     print("\n".join(lines), file=out)
 
 
+def _use_project_home(create: bool) -> None:
+    """Without ``DAGSTER_HOME``, use ``./.dagster_home`` as the Makefile does: set up once from
+    ``./dagster.yaml`` when ``create`` (a run), else it must exist (reading history)."""
+    if os.environ.get("DAGSTER_HOME"):
+        return
+    home = Path(".dagster_home").absolute()
+    if create:
+        from aml_assets.service.instance import ensure_instance
+
+        config = Path("dagster.yaml")
+        ensure_instance(home, default_config=config if config.is_file() else None)
+        print(f"DAGSTER_HOME is not set: run history goes to {home}", file=sys.stderr)
+    elif not home.is_dir():
+        raise AmlAssetsError(
+            "DAGSTER_HOME is not set and there is no ./.dagster_home: set DAGSTER_HOME to the "
+            "home your runs were recorded in"
+        )
+    os.environ["DAGSTER_HOME"] = str(home)
+
+
 def cmd_runs(args: argparse.Namespace, out) -> int:
     """A recorded run's summary: what each step did, versions, metrics, outputs."""
     from dagster import DagsterInstance, DagsterRunStatus
 
     from aml_assets.service.runs import print_summary
 
-    if not os.environ.get("DAGSTER_HOME"):
-        home = Path(".dagster_home").absolute()
-        if not home.is_dir():
-            raise AmlAssetsError(
-                "DAGSTER_HOME is not set and there is no ./.dagster_home: set DAGSTER_HOME to the "
-                "home your runs were recorded in"
-            )
-        os.environ["DAGSTER_HOME"] = str(home)
+    _use_project_home(create=False)
     with DagsterInstance.get() as instance:
         runs = instance.get_runs(limit=200)
         if args.run:
@@ -450,15 +463,7 @@ def cmd_run(args: argparse.Namespace, out) -> int:
     from aml_assets.service import runner
     from aml_assets.service.runs import RunRequest, execute
 
-    if not os.environ.get("DAGSTER_HOME"):
-        # As the Makefile does: run history in ./.dagster_home, set up once from ./dagster.yaml.
-        from aml_assets.service.instance import ensure_instance
-
-        home = Path(".dagster_home").absolute()
-        config = Path("dagster.yaml")
-        ensure_instance(home, default_config=config if config.is_file() else None)
-        os.environ["DAGSTER_HOME"] = str(home)
-        print(f"DAGSTER_HOME is not set: run history goes to {home}", file=sys.stderr)
+    _use_project_home(create=True)
     request = RunRequest(
         definitions=args.file,
         job=args.job,
