@@ -10,6 +10,13 @@ datasets/<name>/tombstones/<NNNNNN>.json         a deleted version: its number i
 _refs/<asset>/<run_id>.json, latest.json         the dataset reference each run handed downstream
 _stats/<content_hash>.json                       cached table statistics (disposable)
 _tmp/                                            scratch of running steps (gc removes leftovers)
+_published/<name>/versions/<NNNNNN>.json         a published pipeline version (created once, never rewritten)
+_published/<name>/status/<NNNNNN>.json           whether that version is enabled (rewritten on disable/enable)
+_published/_ids/<id>.json                        published id -> name and version
+_snapshots/objects/<digest>                      one file of a code snapshot, named by its content hash
+_snapshots/trees/<digest>.json                   a code snapshot: relative path -> object digest
+_endpoints/<name>.json                           a pipeline endpoint: its versions and default version
+_schedules/<name>.json                           a schedule or data-change trigger
 ```
 
 The ledger, the registry, the IO manager and gc all use these helpers, so the layout is written
@@ -25,6 +32,10 @@ DATASETS = "datasets"
 REFS = "_refs"
 STATS = "_stats"
 TMP = "_tmp"
+PUBLISHED = "_published"
+SNAPSHOTS = "_snapshots"
+ENDPOINTS = "_endpoints"
+SCHEDULES = "_schedules"
 
 
 _VERSION_WIDTH = 6  # zero-padded, so a listing sorts by version
@@ -131,13 +142,53 @@ def stats_record(content_hash: str) -> str:
     return f"{STATS}/{content_hash}.json"
 
 
+def published_versions_dir(name: str) -> str:
+    """The version records of a published pipeline."""
+    return f"{PUBLISHED}/{name}/versions"
+
+
+def published_version_record(name: str, version: int) -> str:
+    """One published version's record (created once, never rewritten)."""
+    return f"{published_versions_dir(name)}/{version:0{_VERSION_WIDTH}d}.json"
+
+
+def published_status_record(name: str, version: int) -> str:
+    """Whether a published version is enabled (the only mutable part of a publication)."""
+    return f"{PUBLISHED}/{name}/status/{version:0{_VERSION_WIDTH}d}.json"
+
+
+def published_id_record(published_id: str) -> str:
+    """The index from a published id to its name and version."""
+    return f"{PUBLISHED}/_ids/{published_id}.json"
+
+
+def snapshot_object(digest: str) -> str:
+    """One file of a code snapshot, content-addressed."""
+    return f"{SNAPSHOTS}/objects/{digest}"
+
+
+def snapshot_tree(digest: str) -> str:
+    """A code snapshot's listing: relative path -> object digest."""
+    return f"{SNAPSHOTS}/trees/{digest}.json"
+
+
+def endpoint_record(name: str) -> str:
+    """A pipeline endpoint: its versions and its default."""
+    return f"{ENDPOINTS}/{name}.json"
+
+
+def schedule_record(name: str) -> str:
+    """A schedule or data-change trigger."""
+    return f"{SCHEDULES}/{name}.json"
+
+
 def is_protected(rel: str) -> bool:
     """Whether a datastore-relative path holds records only aml-assets may write or delete:
-    anything under ``steps/``, and the version and tombstone records under ``datasets/<name>/``
+    anything under ``steps/``, ``_published/``, ``_snapshots/``, ``_endpoints/``, ``_schedules/``, and the version and tombstone records under ``datasets/<name>/``
     (a user's own data in a folder named ``datasets`` stays theirs)."""
     parts = PurePosixPath(rel).parts if rel else ()
     if not parts:
         return False
-    if parts[0] == STEPS:
+    if parts[0] in (STEPS, PUBLISHED, SNAPSHOTS, ENDPOINTS, SCHEDULES):
         return True
     return parts[0] == DATASETS and len(parts) >= 3 and parts[2] in ("versions", "tombstones")

@@ -37,6 +37,7 @@ from aml_assets.data.sources import materialize_source
 from aml_assets.errors import DatasetCheckFailedError, DatasetError
 from aml_assets.pipeline.execution import StepExecution, StepResult
 from aml_assets.pipeline.executor import pipeline_executor
+from aml_assets.pipeline.tags import REGENERATE_TAG, RUN_SETTINGS_KEY, is_true
 from aml_assets.reuse.records import PublishedOutput
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
     from aml_assets.pipeline.steps import Step
 
 IO_MANAGER_KEY = "aml_io"
-RUN_SETTINGS_KEY = "pipeline"
-REGENERATE_TAG = "aml/regenerate_outputs"
 
 
 def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel: bool) -> Definitions:
@@ -216,7 +215,7 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
         watch_run(context)  # tag this run with its process; fail runs whose process is gone
         settings = getattr(context.resources, RUN_SETTINGS_KEY)
         regenerate = settings.regenerate_outputs or (
-            context.run.tags.get(REGENERATE_TAG, "").lower() in ("1", "true", "yes")
+            is_true(context.run.tags.get(REGENERATE_TAG))
         )
         for name, ref in refs.items():
             if not isinstance(ref, DatasetRef):
