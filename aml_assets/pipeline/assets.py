@@ -37,6 +37,8 @@ from aml_assets.data.sources import materialize_source
 from aml_assets.errors import DatasetCheckFailedError, DatasetError
 from aml_assets.pipeline.execution import StepExecution, StepResult
 from aml_assets.pipeline.executor import pipeline_executor
+from aml_assets.pipeline.instigators import instigators_for
+from aml_assets.pipeline.snapshots import step_for_run
 from aml_assets.pipeline.tags import REGENERATE_TAG, RUN_SETTINGS_KEY, is_true
 from aml_assets.reuse.records import PublishedOutput
 
@@ -61,9 +63,12 @@ def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel
         description=pipeline.description,
         executor_def=executor,
     )
+    schedules, sensors = instigators_for(pipeline, resources)
     return Definitions(
         assets=assets,
         jobs=[job],
+        schedules=schedules,
+        sensors=sensors,
         executor=executor,
         resources={
             **resources,
@@ -220,8 +225,11 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
         for name, ref in refs.items():
             if not isinstance(ref, DatasetRef):
                 raise DatasetError(f"Input '{name}' of step '{step.name}' is not a dataset reference.")
+        workspace = getattr(context.resources, pipeline.datastore)
+        # A run of a published version runs that version's frozen scripts, not the live folder.
+        run_step = step_for_run(step, context.run.tags, workspace, context.log)
         execution = StepExecution(
-            step=step,
+            step=run_step,
             run_id=context.run_id,
             log=context.log,
             datastore=getattr(context.resources, pipeline.datastore),
@@ -239,7 +247,6 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
             result = execution.execute()
         finally:
             execution.stat_cache.close()
-        workspace = getattr(context.resources, pipeline.datastore)
         results, failures = [], {}
         for out in step.all_outputs():
             if out.checks:
