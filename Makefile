@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install install-test run ui test bench lint
+.PHONY: install install-test run ui serve test bench lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ install-test: install tools/azurite/node_modules/.bin/azurite-blob
 # storage. Instant once done.
 INSTANCE := $(BIN)/python -m aml_assets.service.instance "$(DAGSTER_HOME)" --default-config dagster.yaml
 
-run ui: export DAGSTER_HOME := $(DAGSTER_HOME)
+run ui serve: export DAGSTER_HOME := $(DAGSTER_HOME)
 
 run: install
 	$(INSTANCE)
@@ -42,6 +42,11 @@ run: install
 ui: install
 	$(INSTANCE)
 	$(BIN)/dagster dev -w workspace.yaml
+
+# The service on loopback: the UI (:3000), the dagster-daemon and the HTTP API (:8787).
+serve: install
+	$(INSTANCE)
+	$(BIN)/aml-assets up
 
 test: install-test
 	$(BIN)/python -m pytest --durations=15

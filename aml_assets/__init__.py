@@ -28,6 +28,10 @@ _EXPORTS = {
     "aml_assets.pipeline.definition": ["Pipeline"],
     "aml_assets.data.registry": ["DatasetRegistry", "RegisteredDataset"],
     "aml_assets.pipeline.steps": ["Environment", "PythonScriptStep", "SynapseSparkStep"],
+    "aml_assets.pipeline.datapath": ["DataPath", "DataPathComputeBinding", "DataPathParameter"],
+    "aml_assets.pipeline.publish": ["EndpointVersion", "PipelineEndpoint", "PublishError", "PublishedPipeline"],
+    "aml_assets.service.schedules": ["Schedule", "ScheduleError", "ScheduleRecurrence"],
+    "aml_assets.service.experiment": ["Experiment", "PipelineRun", "StepRun"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -72,3 +76,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from aml_assets.pipeline.definition import Pipeline
     from aml_assets.pipeline.parameters import ParameterValueError, PipelineParameter
     from aml_assets.pipeline.steps import Environment, PythonScriptStep, SynapseSparkStep
+    from aml_assets.pipeline.datapath import DataPath, DataPathComputeBinding, DataPathParameter
+    from aml_assets.pipeline.publish import (
+        EndpointVersion,
+        PipelineEndpoint,
+        PublishedPipeline,
+        PublishError,
+    )
+    from aml_assets.service.experiment import Experiment, PipelineRun, StepRun
+    from aml_assets.service.schedules import Schedule, ScheduleError, ScheduleRecurrence

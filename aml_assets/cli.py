@@ -456,6 +456,76 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("runner", help="the warm runner of $DAGSTER_HOME: runs start without paying for imports")
     rn.add_argument("action", choices=["start", "stop", "status"])
     rn.set_defaults(func=cmd_runner)
+    pub = sub.add_parser(
+        "publish",
+        help="publish a pipeline: its code frozen as a content-addressed snapshot, with an id and "
+        "a version (unchanged code returns the existing version)",
+    )
+    pub.add_argument("name", help="the published pipeline's name")
+    pub.add_argument("-f", "--file", default="definitions.py", help="definitions file (default definitions.py)")
+    pub.add_argument("-j", "--job", help="the pipeline (job) to publish; default: the file's only one")
+    pub.add_argument("--description")
+    pub.add_argument("--version-label", help="a free label recorded with the version (numbers are automatic)")
+    pub.add_argument("--endpoint", metavar="ENDPOINT", help="also make it the default version of this pipeline endpoint")
+    pub.add_argument("--json", action="store_true", help="print the published record as JSON")
+    pub.set_defaults(func=cmd_publish)
+    pl = sub.add_parser("pipelines", help="published pipelines: list, show, disable, enable")
+    pl_sub = pl.add_subparsers(dest="action", required=True)
+    pl_sub.add_parser("list", help="every published version")
+    for action, text in (("show", "one published version as JSON"), ("disable", "refuse new runs (403)"),
+                         ("enable", "accept runs again")):
+        pl_sub.add_parser(action, help=text).add_argument("id", help="published id")
+    pl.set_defaults(func=cmd_pipelines)
+    ep = sub.add_parser("endpoints", help="pipeline endpoints: list, show, set-default")
+    ep_sub = ep.add_subparsers(dest="action", required=True)
+    ep_sub.add_parser("list", help="every endpoint")
+    ep_sub.add_parser("show", help="one endpoint's versions").add_argument("name")
+    sd = ep_sub.add_parser("set-default", help="the version runs go to by default")
+    sd.add_argument("name")
+    sd.add_argument("version", type=int)
+    ep.set_defaults(func=cmd_endpoints)
+
+    sc = sub.add_parser("schedules", help="schedules and data-change triggers: list, enable, disable, delete")
+    sc_sub = sc.add_subparsers(dest="schedules_command", required=True)
+    sc_list = sc_sub.add_parser("list", help="every schedule and trigger, with its state")
+    sc_list.add_argument("--json", action="store_true")
+    sc_list.add_argument("--pipeline", help="only this pipeline's")
+    for action, text in (("enable", "start it (no catch-up of missed ticks)"), ("disable", "stop it"),
+                         ("delete", "remove it (its run history stays)")):
+        sc_sub.add_parser(action, help=text).add_argument("name")
+    sc.set_defaults(func=cmd_schedules)
+
+    sv = sub.add_parser("serve", help="the HTTP API of published pipelines alone (loopback by default)")
+    sv.add_argument("--workspace", default="workspace.yaml")
+    sv.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8787)
+    sv.add_argument("--webserver-url", help="the Dagster UI's URL, for DagsterRunUrl in answers")
+    sv.add_argument("--base-url", help="the API's public URL when behind a proxy")
+    sv.add_argument("--max-body-bytes", type=int, default=1_048_576)
+    sv.add_argument("--ssl-certfile")
+    sv.add_argument("--ssl-keyfile")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.set_defaults(func=cmd_serve)
+    tk = sub.add_parser("tokens", help="bearer tokens of the HTTP API")
+    tk_sub = tk.add_subparsers(dest="action", required=True)
+    tk_sub.add_parser("create", help="create a token; prints its secret once").add_argument("name")
+    tk_sub.add_parser("list", help="tokens (never their secrets)")
+    tk_sub.add_parser("revoke", help="revoke a token").add_argument("token", help="its id or name")
+    tk.set_defaults(func=cmd_tokens)
+
+    upp = sub.add_parser(
+        "up",
+        help="start the service on loopback: the Dagster UI, the dagster-daemon (run queue, "
+        "schedules, triggers) and the HTTP API, on $DAGSTER_HOME (./.dagster_home by default)",
+    )
+    upp.add_argument("--workspace", default="workspace.yaml", help="Dagster workspace file (default workspace.yaml)")
+    upp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    upp.add_argument("--ui-port", type=int, default=3000, help="port of the Dagster UI (default 3000)")
+    upp.add_argument("--api-port", type=int, default=8787, help="port of the HTTP API (default 8787)")
+    upp.add_argument("--detach", action="store_true", help="run in the background; stop with 'aml-assets down'")
+    upp.set_defaults(func=cmd_up)
+    dn = sub.add_parser("down", help="stop the service started by 'aml-assets up'")
+    dn.set_defaults(func=cmd_down)
     return parser
 
 
@@ -503,6 +573,170 @@ def cmd_runner(args: argparse.Namespace, out) -> int:
         else:
             print(f"Warm runner (pid {info['pid']}) listening on {info['socket']}", file=out)
     return 0
+
+
+def _load_pipeline(definitions: str, job: str | None):
+    """The pipeline behind ``job`` in a definitions file (imported as Dagster would load it)."""
+    import importlib.util
+
+    from aml_assets.pipeline import definition
+
+    path = Path(definitions).resolve()
+    if not path.is_file():
+        raise AmlAssetsError(f"Definitions file '{definitions}' not found; pass -f PATH.")
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"_aml_definitions_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built = sorted(definition._BUILT)
+    if job is None:
+        if len(built) != 1:
+            raise AmlAssetsError(
+                f"'{path.name}' builds {len(built)} pipelines ({', '.join(built) or 'none'}); name one with -j."
+            )
+        job = built[0]
+    pipeline = definition.built_pipeline(job)
+    if pipeline is None:
+        raise AmlAssetsError(
+            f"'{path.name}' builds no pipeline '{job}' (it builds: {', '.join(built) or 'none'}); "
+            "a pipeline is found when the file calls Pipeline.to_definitions(...)."
+        )
+    return pipeline
+
+
+def cmd_publish(args: argparse.Namespace, out) -> int:
+    """Publish a pipeline's current code as a new (or the unchanged) version."""
+    from aml_assets.pipeline.publish import PipelineEndpoint, PublishError
+
+    pipeline = _load_pipeline(args.file, args.job)
+    before = {p.id for p in _published_list(args.name)}
+    published = pipeline.publish(args.name, args.description, args.version_label, datastore=_datastore(args))
+    endpoint = None
+    if args.endpoint:
+        try:
+            endpoint = PipelineEndpoint.get(args.endpoint, published.datastore)
+        except PublishError as exc:
+            if not exc.not_found:
+                raise
+            endpoint = PipelineEndpoint.publish(args.endpoint, published, args.description, published.datastore)
+        else:
+            endpoint.add_default(published)
+            endpoint = PipelineEndpoint.get(args.endpoint, published.datastore)
+    if args.json:
+        body = published.to_json()
+        body["id"] = published.id  # for shell scripts: jq -r .id
+        if endpoint is not None:
+            body["EndpointRecord"] = endpoint.to_json()
+        print(json.dumps(body, indent=1, default=str), file=out)
+        return 0
+    state = "unchanged: the same code and structure as before" if published.id in before else "new"
+    print(f"Published '{published.name}' version {published.version} ({state})", file=out)
+    print(f"  id        {published.id}", file=out)
+    print(f"  job       {published.pipeline_name}", file=out)
+    print(f"  runs URL  POST <api>{published.endpoint}", file=out)
+    if endpoint is not None:
+        print(
+            f"  endpoint  '{endpoint.name}' default version {endpoint.default_version}: POST <api>{endpoint.endpoint}",
+            file=out,
+        )
+    return 0
+
+
+def _published_list(name: str):
+    from aml_assets.pipeline.publish import PublishedPipeline, PublishError
+
+    try:
+        return PublishedPipeline.list(name=name)
+    except PublishError:
+        return []
+
+
+def cmd_pipelines(args: argparse.Namespace, out) -> int:
+    """Published pipelines: list, show, disable, enable."""
+    from aml_assets.pipeline.publish import PublishedPipeline
+
+    store = _datastore(args)
+    if args.action == "list":
+        found = PublishedPipeline.list(datastore=store)
+        if not found:
+            print("No published pipelines (publish one with 'aml-assets publish NAME').", file=out)
+        for p in found:
+            label = f" ({p.version_label})" if p.version_label else ""
+            print(f"{p.id}  {p.name} v{p.version}{label}  {p.status}  job {p.pipeline_name}  {p.created}", file=out)
+        return 0
+    published = PublishedPipeline.get(args.id, datastore=store)
+    if args.action == "show":
+        print(json.dumps(published.to_json(), indent=1, default=str), file=out)
+    elif args.action == "disable":
+        published.disable()
+        print(f"Disabled {published.name} v{published.version}: submissions get 403 until enabled.", file=out)
+    else:
+        published.enable()
+        print(f"Enabled {published.name} v{published.version}.", file=out)
+    return 0
+
+
+def cmd_endpoints(args: argparse.Namespace, out) -> int:
+    """Pipeline endpoints: list, show, set-default."""
+    from aml_assets.pipeline.publish import PipelineEndpoint
+
+    store = _datastore(args)
+    if args.action == "list":
+        found = PipelineEndpoint.list(store)
+        if not found:
+            print("No pipeline endpoints (create one with 'aml-assets publish NAME --endpoint E').", file=out)
+        for e in found:
+            print(f"{e.name}  default v{e.default_version}  versions {len(e.list_versions())}  {e.endpoint}", file=out)
+        return 0
+    endpoint = PipelineEndpoint.get(args.name, store)
+    if args.action == "set-default":
+        endpoint.set_default(args.version)
+        endpoint = PipelineEndpoint.get(args.name, store)
+    print(json.dumps(endpoint.to_json(), indent=1, default=str), file=out)
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace, out) -> int:
+    """Schedules and data-change triggers: list, enable, disable, delete."""
+    from aml_assets.service.schedules import cli_schedules
+
+    if os.environ.get("DAGSTER_HOME") or Path(".dagster_home").is_dir():
+        _use_project_home(create=False)  # so the UI's on/off state follows too
+    return cli_schedules(args, out)
+
+
+def cmd_serve(args: argparse.Namespace, out) -> int:
+    """The HTTP API alone (``up`` starts it with the UI and the daemon)."""
+    from aml_assets.service.api import cli_serve
+
+    _use_project_home(create=True)
+    return cli_serve(args, out)
+
+
+def cmd_tokens(args: argparse.Namespace, out) -> int:
+    from aml_assets.service.tokens import cli_tokens
+
+    _use_project_home(create=True)  # tokens may be created before the first `up`
+    return cli_tokens(args, out)
+
+
+def cmd_up(args: argparse.Namespace, out) -> int:
+    """The service: webserver, daemon and HTTP API on loopback, on the project's instance."""
+    from aml_assets.service.up import ServiceSettings, up, up_detached
+
+    _use_project_home(create=True)
+    settings = ServiceSettings(
+        workspace=Path(args.workspace), host=args.host, ui_port=args.ui_port, api_port=args.api_port
+    )
+    home = Path(os.environ["DAGSTER_HOME"])
+    return (up_detached if args.detach else up)(settings, home, out)
+
+
+def cmd_down(args: argparse.Namespace, out) -> int:
+    from aml_assets.service.up import down
+
+    _use_project_home(create=False)
+    return down(Path(os.environ["DAGSTER_HOME"]), out)
 
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:

@@ -97,9 +97,10 @@ def test_run_refuses_bad_requests_clearly(tmp_path, proj):
     assert bad_param.returncode == 2 and "is not name=value" in bad_param.stderr
     missing = _run(tmp_path, proj, "-f", "nope.py")
     assert missing.returncode == 2 and "Definitions file 'nope.py' not found" in missing.stderr
+    # Refused before any run exists, naming the parameter and what it allows.
     out_of_range = _run(tmp_path, proj, "--param", "size=1000")
-    assert out_of_range.returncode == 1
-    assert "size" in out_of_range.stdout + out_of_range.stderr
+    assert out_of_range.returncode == 2
+    assert "Pipeline parameter 'size' = 1000 is out of range" in out_of_range.stderr
 
 
 def test_a_failed_step_fails_the_command_and_says_why(tmp_path, proj):

@@ -15,6 +15,7 @@ _published/<name>/status/<NNNNNN>.json           whether that version is enabled
 _published/_ids/<id>.json                        published id -> name and version
 _snapshots/objects/<digest>                      one file of a code snapshot, named by its content hash
 _snapshots/trees/<digest>.json                   a code snapshot: relative path -> object digest
+_snapshots/pipelines/<digest>.json               a pipeline's snapshot: each step's tree and structure
 _endpoints/<name>.json                           a pipeline endpoint: its versions and default version
 _schedules/<name>.json                           a schedule or data-change trigger
 ```
@@ -170,6 +171,11 @@ def snapshot_object(digest: str) -> str:
 def snapshot_tree(digest: str) -> str:
     """A code snapshot's listing: relative path -> object digest."""
     return f"{SNAPSHOTS}/trees/{digest}.json"
+
+
+def snapshot_record(digest: str) -> str:
+    """A pipeline's code snapshot: each step's tree digest and the structure it was published with."""
+    return f"{SNAPSHOTS}/pipelines/{digest}.json"
 
 
 def endpoint_record(name: str) -> str:

@@ -21,7 +21,7 @@ from aml_assets.data.stats import tabular_stats
 from aml_assets.errors import DatasetError, DatastoreError
 
 
-def _ensure_present(ds: SourceDataset, store: Datastore, log: Any) -> None:
+def _ensure_present(ds: SourceDataset, store: Datastore, log: Any, missing_hint: str | None = None) -> None:
     try:
         present = store.exists(ds.path)
     except DatastoreError:
@@ -36,8 +36,8 @@ def _ensure_present(ds: SourceDataset, store: Datastore, log: Any) -> None:
     if ds.seed is None:
         raise DatasetError(
             f"Dataset '{ds.name}': no data at '{ds.path}' on datastore '{store.name}' "
-            f"({store.uri(ds.path)}). Upload it (Datastore.upload_files) or declare the dataset "
-            "with seed= a local copy."
+            f"({store.uri(ds.path)}). "
+            + (missing_hint or "Upload it (Datastore.upload_files) or declare the dataset with seed= a local copy.")
         )
     target_dir = ds.path.rsplit("/", 1)[0] if "/" in ds.path else ""
     if Path(ds.path).name != ds.seed.name:
@@ -84,10 +84,13 @@ def _stats(ds: SourceDataset, store: Datastore, content_hash: str, log: Any) -> 
 
 
 def materialize_source(
-    ds: SourceDataset, datastore_key: str, store: Datastore, log: Any
+    ds: SourceDataset, datastore_key: str, store: Datastore, log: Any, missing_hint: str | None = None
 ) -> tuple[DatasetRef, dict[str, Any]]:
-    """Check a source dataset, hash its content and describe it; returns (ref, metadata)."""
-    _ensure_present(ds, store, log)
+    """Check a source dataset, hash its content and describe it; returns (ref, metadata).
+
+    ``missing_hint`` replaces the advice given when nothing is at the path.
+    """
+    _ensure_present(ds, store, log, missing_hint)
     cache = open_stat_cache()
     try:
         entries = store.manifest(ds.path, cache)

@@ -35,6 +35,7 @@ from aml_assets.data.io_manager import REGISTERED_KEY, DatastoreIOManager
 from aml_assets.data.registry import DatasetRegistry
 from aml_assets.data.sources import materialize_source
 from aml_assets.errors import DatasetCheckFailedError, DatasetError
+from aml_assets.pipeline.datapath import DataPathParameter
 from aml_assets.pipeline.execution import StepExecution, StepResult
 from aml_assets.pipeline.executor import pipeline_executor
 from aml_assets.pipeline.instigators import instigators_for
@@ -51,9 +52,13 @@ IO_MANAGER_KEY = "aml_io"
 
 def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel: bool) -> Definitions:
     """The assets, checks, job and resources of a (validated) pipeline."""
+    # A DataPath parameter may name any of them in a run.
+    datastores = sorted(k for k, r in resources.items() if isinstance(r, Datastore))
     assets: list[AssetsDefinition] = [
         _source_asset(ds) for ds in pipeline.source_datasets()
-    ] + [_step_asset(pipeline, step) for step in pipeline.steps]
+    ] + [
+        _datapath_asset(p, datastores) for p in pipeline.parameters() if isinstance(p, DataPathParameter)
+    ] + [_step_asset(pipeline, step, datastores) for step in pipeline.steps]
     # The pipeline's executor is also the Definitions' default, so whatever a user launches
     # (the job, "Materialize all", one asset, a re-execution) runs with the same settings.
     executor = _parallel_executor(resources) if parallel else in_process_executor
@@ -73,7 +78,7 @@ def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel
         resources={
             **resources,
             IO_MANAGER_KEY: DatastoreIOManager(datastore=resources[pipeline.datastore]),
-            RUN_SETTINGS_KEY: pipeline.settings_resource(),
+            RUN_SETTINGS_KEY: pipeline.settings_resource(resources),
         },
     )
 
@@ -137,15 +142,50 @@ def _source_asset(ds: SourceDataset) -> AssetsDefinition:
     )
     def _source(context):
         store: Datastore = getattr(context.resources, ds.datastore)
-        ref, metadata = materialize_source(ds, ds.datastore, store, context.log)
-        results, failures = _run_checks(ds.name, ds.checks, ref, store) if ds.checks else ([], [])
-        if error := _check_failure({ds.name: failures}):
-            yield from results  # reported first, so the failed checks show in the UI
-            raise error
-        yield _output(ref, None, metadata)
-        yield from results
+        yield from _describe_source(context, ds, store)
 
     return _source
+
+
+def _describe_source(context, ds: SourceDataset, store: Datastore, missing_hint: str | None = None, **extra: Any):
+    """Check, hash and describe a source dataset; yield its output and check results."""
+    ref, metadata = materialize_source(ds, ds.datastore, store, context.log, missing_hint=missing_hint)
+    results, failures = _run_checks(ds.name, ds.checks, ref, store) if ds.checks else ([], [])
+    if error := _check_failure({ds.name: failures}):
+        yield from results  # reported first, so the failed checks show in the UI
+        raise error
+    yield _output(ref, None, {**metadata, **extra})
+    yield from results
+
+
+def _datapath_asset(p: DataPathParameter, datastores: list[str]) -> AssetsDefinition:
+    """A DataPath parameter as a source asset: the run's value says where the data is."""
+
+    @asset(
+        name=p.name,
+        description=p.description or f"DataPath parameter (default {p.default_value}); set per run",
+        io_manager_key=IO_MANAGER_KEY,
+        # A run may name any datastore, so every one is available to the asset.
+        required_resource_keys={RUN_SETTINGS_KEY, *datastores},
+        kinds={"dataset", p.format if p.format != "files" else "file"},
+        group_name="datasets",
+        check_specs=check_specs(p.name, p.checks),
+    )
+    def _datapath(context):
+        value = getattr(context.resources, RUN_SETTINGS_KEY).datapath(p.name)
+        context.log.info(f"DataPath parameter '{p.name}' reads {value}")
+        yield from _describe_source(
+            context,
+            p.source(value),
+            getattr(context.resources, value.datastore),
+            missing_hint=(
+                f"Upload it, or set resources.{RUN_SETTINGS_KEY}.config.{p.name} to a path that "
+                f"exists (default {p.default_value})."
+            ),
+            datapath=MetadataValue.text(str(value)),
+        )
+
+    return _datapath
 
 
 def _output_metadata(ref: DatasetRef, result: StepResult, published: PublishedOutput) -> dict[str, Any]:
@@ -184,7 +224,7 @@ def _output_metadata(ref: DatasetRef, result: StepResult, published: PublishedOu
     return meta
 
 
-def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
+def _step_asset(pipeline: Pipeline, step: Step, datastores: list[str]) -> AssetsDefinition:
     inputs = {i.dataset.name: i.dataset for i in step.all_inputs()}
     outs = {
         o.name: AssetOut(
@@ -203,6 +243,8 @@ def _step_asset(pipeline: Pipeline, step: Step) -> AssetsDefinition:
     stores = {pipeline.datastore} | {
         d.datastore for d in inputs.values() if isinstance(d, SourceDataset)
     }
+    if any(isinstance(d, DataPathParameter) for d in inputs.values()):
+        stores |= set(datastores)  # a run's DataPath value may name any of them
 
     @multi_asset(
         name=step.name,

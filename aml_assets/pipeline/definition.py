@@ -9,9 +9,10 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from dagster import (
+    Config,
     ConfigurableResource,
     Definitions,
 )
@@ -25,8 +26,12 @@ from aml_assets.errors import (
     DatastoreError,
     PipelineValidationError,
 )
+from aml_assets.pipeline.datapath import DataPath, DataPathParameter
 from aml_assets.pipeline.parameters import ParameterValueError, PipelineParameter
 from aml_assets.pipeline.steps import Step, SynapseSparkStep
+
+if TYPE_CHECKING:
+    from aml_assets.pipeline.publish import PublishedPipeline
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -40,27 +45,51 @@ class PipelineRunSettings(ConfigurableResource):
     survive that conversion, so every parameter is also checked here, when Dagster builds the
     resource from the run config: that happens before any step of the run starts, and the run
     fails with a ``ParameterValueError`` naming the parameter, the value and what is allowed.
+    A DataPath parameter's value naming a datastore that is not configured, or a path that is not
+    relative to the datastore root, fails the same way.
     """
 
     regenerate_outputs: bool = Field(
         default=False, description="Run every step even when a reusable result exists."
     )
-    declared_parameters: ClassVar[tuple[PipelineParameter, ...]] = ()
+    declared_parameters: ClassVar[tuple[PipelineParameter | DataPathParameter, ...]] = ()
+    #: The Datastore resource keys a DataPath parameter may name (None: not known).
+    declared_datastores: ClassVar[tuple[str, ...] | None] = None
 
     @model_validator(mode="before")
     @classmethod
     def _check_parameter_values(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and any(p.name in data for p in cls.declared_parameters):
-            from aml_assets.pipeline.assets import RUN_SETTINGS_KEY
+            from aml_assets.pipeline.tags import RUN_SETTINGS_KEY
 
             problems = [
                 problem
                 for p in cls.declared_parameters
-                if p.name in data and (problem := p.value_problem(data[p.name], RUN_SETTINGS_KEY))
+                if p.name in data and (problem := cls._value_problem(p, data[p.name], RUN_SETTINGS_KEY))
             ]
             if problems:
                 raise ParameterValueError(problems)
         return data
+
+    @classmethod
+    def _value_problem(cls, p: PipelineParameter | DataPathParameter, value: Any, key: str) -> str | None:
+        if isinstance(p, DataPathParameter):
+            if isinstance(value, Mapping):  # a partial mapping keeps the default's other half
+                value = {**p.default_value.to_record(), **value}
+            return p.value_problem(value, key, cls.declared_datastores)
+        return p.value_problem(value, key)
+
+    def datapath(self, name: str) -> DataPath:
+        """The value of the DataPath parameter ``name`` in this run."""
+        value = getattr(self, name)
+        return DataPath(value.datastore, check_relative_path(value.datastore, value.path_on_datastore))
+
+
+class DataPathSettings(Config):
+    """A DataPath parameter's value in run config: a datastore and a path relative to its root."""
+
+    datastore: str
+    path_on_datastore: str
 
 
 class Pipeline:
@@ -77,6 +106,8 @@ class Pipeline:
         self.steps = list(steps)
         self.description = description
         self.datastore = datastore
+        #: The resources of the last ``to_definitions`` call (None before): publishing uses them.
+        self.resources: dict[str, Any] | None = None
 
     # --- structure ------------------------------------------------------------------------
     def producers(self) -> dict[str, list[str]]:
@@ -96,11 +127,11 @@ class Pipeline:
                     seen.setdefault(i.dataset.name, i.dataset)
         return list(seen.values())
 
-    def parameters(self) -> list[PipelineParameter]:
-        """Pipeline parameters used by any step, each once."""
-        seen: dict[str, PipelineParameter] = {}
+    def parameters(self) -> list[PipelineParameter | DataPathParameter]:
+        """Pipeline parameters (value and DataPath parameters) used by any step, each once."""
+        seen: dict[str, PipelineParameter | DataPathParameter] = {}
         for step in self.steps:
-            for p in step.parameters():
+            for p in [*step.parameters(), *_datapath_parameters(step)]:
                 seen.setdefault(p.name, p)
         return list(seen.values())
 
@@ -168,7 +199,7 @@ class Pipeline:
                 f"the pipeline writes to datastore '{self.datastore}', which is not configured; "
                 f"add a Datastore resource named '{self.datastore}' (e.g. LocalDatastore())"
             )
-        problems.extend(self._parameter_problems())
+        problems.extend(self._parameter_problems(resources))
         cycle = self._find_cycle()
         if cycle:
             problems.append(
@@ -176,14 +207,42 @@ class Pipeline:
             )
         return problems
 
-    def _parameter_problems(self) -> list[str]:
+    def _parameter_problems(self, resources: Mapping[str, Any] | None = None) -> list[str]:
         """Names, clashes, types, bounds, choices and defaults of the pipeline's parameters."""
         out: list[str] = []
-        params: dict[str, PipelineParameter] = {}
+        params: dict[str, PipelineParameter | DataPathParameter] = {}
         checked: set[int] = set()
+        datastores = _datastore_keys(resources) if resources is not None else None
+        datasets = {d.name for d in self.source_datasets()} | set(self.producers())
+        steps = {s.name for s in self.steps}
         for step in self.steps:
-            for p in step.parameters():
+            for p in [*step.parameters(), *_datapath_parameters(step)]:
                 other = params.setdefault(p.name, p)
+                if other is not p and type(other) is not type(p):
+                    out.append(
+                        f"a value parameter and a DataPath parameter are both named '{p.name}'; "
+                        "rename one of them"
+                    )
+                    continue
+                if isinstance(p, DataPathParameter):
+                    if other is not p and not other.same_declaration(p):
+                        out.append(
+                            f"two different DataPath parameters are named '{p.name}' ({other!r} and "
+                            f"{p!r}); share one DataPathParameter"
+                        )
+                    if id(p) in checked:
+                        continue
+                    checked.add(id(p))
+                    if p.name in datasets or p.name in steps:
+                        what = "a dataset" if p.name in datasets else "a step"
+                        out.append(
+                            f"DataPath parameter '{p.name}' has the same name as {what}; its asset "
+                            "is named after it, so rename one of them"
+                        )
+                    if _reserved(p.name):
+                        out.append(f"parameter name '{p.name}' is not allowed; use another name")
+                    out.extend(p.declaration_problems(datastores))
+                    continue
                 if other is not p and other.default_value != p.default_value:
                     out.append(
                         f"two different parameters are named '{p.name}' (defaults "
@@ -197,12 +256,7 @@ class Pipeline:
                 if id(p) in checked:
                     continue
                 checked.add(id(p))
-                if (
-                    not _NAME.match(p.name)
-                    or p.name.startswith("_")  # pydantic would make it private, not a setting
-                    or p.name in PipelineRunSettings.model_fields
-                    or hasattr(PipelineRunSettings, p.name)
-                ):
+                if _reserved(p.name):
                     out.append(f"parameter name '{p.name}' is not allowed; use another name")
                 out.extend(p.declaration_problems())
         return out
@@ -286,13 +340,40 @@ class Pipeline:
         if problems:
             raise PipelineValidationError(self.name, problems)
 
+    # --- publishing -------------------------------------------------------------------------
+    def publish(
+        self,
+        name: str,
+        description: str | None = None,
+        version: str | None = None,
+        *,
+        datastore: Datastore | None = None,
+        resources: Mapping[str, Any] | None = None,
+    ) -> PublishedPipeline:
+        """Publish this pipeline as ``name``: its code frozen, with an id and a version number.
+
+        Validates first (against ``resources``, else those of the last ``to_definitions``) and
+        refuses an invalid pipeline. Unchanged code and structure return the newest version as
+        it is; any change makes version N+1. ``version`` is an optional free label. Records go
+        to ``datastore`` (default: the workspace datastore). See ``pipeline.publish``.
+        """
+        from aml_assets.pipeline.publish import publish_pipeline
+
+        return publish_pipeline(
+            self, name, description, version, datastore=datastore, resources=resources
+        )
+
     # --- Dagster ----------------------------------------------------------------------------
-    def settings_resource(self) -> PipelineRunSettings:
-        """A resource holding this pipeline's parameters (with defaults) for run config."""
+    def settings_resource(self, resources: Mapping[str, Any] | None = None) -> PipelineRunSettings:
+        """A resource holding this pipeline's parameters (with defaults) for run config.
+
+        With ``resources``, a run's DataPath value must name one of their Datastore resources.
+        """
         params = self.parameters()
         fields = {p.name: _settings_field(p) for p in params}
         cls = create_model(f"{_camel(self.name)}Settings", __base__=PipelineRunSettings, **fields)
         cls.declared_parameters = tuple(params)
+        cls.declared_datastores = tuple(_datastore_keys(resources)) if resources is not None else None
         return cls()
 
     def to_definitions(self, resources: Mapping[str, Any], parallel: bool = False) -> Definitions:
@@ -309,17 +390,69 @@ class Pipeline:
         from aml_assets.pipeline.assets import build_definitions
 
         self.validate(resources)
-        return build_definitions(self, resources, parallel)
+        defs = build_definitions(self, resources, parallel)
+        # Remembered, so `aml-assets publish -f definitions.py -j NAME` finds the pipeline
+        # (with its resources) behind a job after importing the definitions file.
+        self.resources = dict(resources)
+        _BUILT[self.name] = self
+        return defs
 
 
-def _settings_field(p: PipelineParameter) -> tuple[Any, Any]:
-    """The pydantic field of a parameter: its type (a Literal for str choices), bounds, help."""
+#: Pipelines whose Definitions were built in this process, by name (see ``built_pipeline``).
+_BUILT: dict[str, Pipeline] = {}
+
+
+def built_pipeline(name: str) -> Pipeline | None:
+    """The pipeline named ``name`` whose ``to_definitions`` ran last in this process."""
+    return _BUILT.get(name)
+
+
+def _settings_field(p: PipelineParameter | DataPathParameter) -> tuple[Any, Any]:
+    """The pydantic field of a parameter: its type (a Literal for str choices), bounds, help.
+
+    A DataPath parameter is a nested config (datastore, path_on_datastore) whose defaults are
+    the declared default, so the launchpad shows both and a run may change either.
+    """
+    if isinstance(p, DataPathParameter):
+        default = p.default_value
+        model = create_model(
+            f"{_camel(p.name)}DataPath",
+            __base__=DataPathSettings,
+            datastore=(str, Field(default=default.datastore, description="A Datastore resource key.")),
+            path_on_datastore=(
+                str,
+                Field(default=default.path_on_datastore, description="A file or folder, relative to the datastore root."),
+            ),
+        )
+        description = f"{p.description} " if p.description else ""
+        description += f"A path on a datastore ({p.format}); default {default}."
+        return model, Field(default_factory=model, description=description)
     annotation: Any = p.value_type
     if p.choices and p.value_type is str:
         annotation = Literal[p.choices]  # a config Enum: refused at launch, a drop-down in the UI
     description = f"{p.description} " if p.description else ""
     description += f"Allowed: {p.allowed()}; default {p.default_value!r}."
     return annotation, Field(default=p.default_value, description=description, ge=p.min, le=p.max)
+
+
+def _datapath_parameters(step: Step) -> list[DataPathParameter]:
+    """The DataPath parameters a step reads."""
+    return [i.dataset for i in step.all_inputs() if isinstance(i.dataset, DataPathParameter)]
+
+
+def _datastore_keys(resources: Mapping[str, Any]) -> list[str]:
+    """The keys of the Datastore resources (what a DataPath value may name)."""
+    return sorted(k for k, r in resources.items() if isinstance(r, Datastore))
+
+
+def _reserved(name: str) -> bool:
+    """Whether a parameter name cannot be a settings field."""
+    return (
+        not _NAME.match(name)
+        or name.startswith("_")  # pydantic would make it private, not a setting
+        or name in PipelineRunSettings.model_fields
+        or hasattr(PipelineRunSettings, name)
+    )
 
 
 def _camel(name: str) -> str:

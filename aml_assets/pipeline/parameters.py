@@ -2,19 +2,27 @@
 
 A parameter may declare bounds (``min``/``max``, for int and float parameters) or ``choices``.
 The default is checked when the pipeline is validated; a run's value is checked before any step
-runs (see ``Pipeline.settings_resource``).
+runs (see ``Pipeline.settings_resource``). DataPath parameters live in ``pipeline.datapath``.
+
+For requests (the HTTP API, ``Experiment.submit``, ``aml-assets run --param``),
+``check_assignments`` checks values of both kinds before anything starts, and ``to_record`` /
+``parameter_from_record`` store declarations with a published pipeline.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from aml_assets.errors import AmlAssetsError
+from aml_assets.pipeline.datapath import DataPath, DataPathParameter
 
 _TYPES = (bool, int, float, str)
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {t.__name__: t for t in _TYPES}
 
 
 class ParameterValueError(AmlAssetsError):
@@ -139,6 +147,25 @@ class PipelineParameter:
             f"value, or leave it out to use the default {self.default_value!r}."
         )
 
+    def assignment_problem(self, value: Any) -> str | None:
+        """Why a request's value for this parameter is refused (a full sentence), or None."""
+        if value is None:
+            reason = "has no value (null)"
+        elif _looks_like_datapath(value):
+            return (
+                f"Pipeline parameter '{self.name}' is a value parameter, not a DataPath: give it "
+                f"{self.allowed()} in ParameterAssignments, not a datastore path."
+            )
+        elif found := self._type_problem(value) or self._range_problem(value):
+            reason = f"= {value!r} {found}"
+        else:
+            return None
+        return f"Pipeline parameter '{self.name}' {reason} (allowed: {self.allowed()})."
+
+    def config_value(self, value: Any) -> Any:
+        """A valid value as run config holds it (an int given for a float parameter: a float)."""
+        return float(value) if self.value_type is float else value
+
     # --- the declaration ------------------------------------------------------------------
     def declaration_problems(self) -> list[str]:
         """Problems with the declared type, bounds, choices and default (empty when valid)."""
@@ -202,6 +229,19 @@ class PipelineParameter:
             other.type, other.default_value, other.min, other.max, other.choices
         )
 
+    def to_record(self) -> dict[str, Any]:
+        """The declaration as JSON-able data (``parameter_from_record`` rebuilds it)."""
+        return {
+            "kind": "value",
+            "name": self.name,
+            "default_value": self.default_value,
+            "description": self.description,
+            "type": self.value_type.__name__,
+            "min": self.min,
+            "max": self.max,
+            "choices": list(self.choices) if self.choices is not None else None,
+        }
+
     def __repr__(self) -> str:
         extra = ""
         if self.choices is not None:
@@ -218,3 +258,111 @@ def _same_number(a: Any, b: Any) -> bool:
         isinstance(a, numbers) and isinstance(b, numbers)
         and not isinstance(a, bool) and not isinstance(b, bool) and a == b
     )
+
+
+class ParameterRecordError(AmlAssetsError):
+    """A stored parameter record cannot be read back into a parameter."""
+
+
+def parameter_from_record(record: Mapping[str, Any]) -> PipelineParameter | DataPathParameter:
+    """The parameter a ``to_record()`` describes (``kind`` "value" or "datapath")."""
+    kind = record.get("kind") if isinstance(record, Mapping) else None
+    try:
+        if kind == "datapath":
+            return DataPathParameter.from_record(record)
+        if kind == "value":
+            default = record["default_value"]
+            declared = _TYPE_NAMES[record["type"]]
+            inferred = next((t for t in _TYPES if isinstance(default, t)), None)
+            choices = record.get("choices")
+            return PipelineParameter(
+                record["name"],
+                default,
+                record.get("description"),
+                # Only when it is not the default's own type, so a record round-trips exactly.
+                type=None if declared is inferred else declared,
+                min=record.get("min"),
+                max=record.get("max"),
+                choices=tuple(choices) if choices is not None else None,
+            )
+    except (KeyError, TypeError) as exc:
+        raise ParameterRecordError(
+            f"Parameter record {dict(record)!r} is incomplete or malformed ({exc!r}); publish the "
+            "pipeline again to rewrite it."
+        ) from exc
+    raise ParameterRecordError(
+        f"Parameter record {record!r} has kind {kind!r}; expected 'value' or 'datapath'. "
+        "Publish the pipeline again with this version of aml-assets to rewrite it."
+    )
+
+
+def check_assignments(
+    parameters: Iterable[PipelineParameter | DataPathParameter],
+    values: Mapping[str, Any] | None,
+    datapaths: Mapping[str, Any] | None = None,
+    datastores: Collection[str] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Check a request's parameter values before anything starts; (run-config values, problems).
+
+    ``values`` are Azure's ParameterAssignments: plain values, and for a DataPath parameter a
+    ``DataPath``, ``"datastore:path"``, a relative path (on the parameter's default datastore)
+    or a mapping. ``datapaths`` are Azure's DataPathAssignments
+    (``{name: {"DataStoreName": ..., "RelativePath": ...}}``). ``datastores``, when given, are
+    the datastore resource keys a DataPath may name. The config values go to
+    ``tags.parameters_run_config``; the problems are full sentences, empty when all is well.
+    """
+    by_name = {p.name: p for p in parameters}
+    config: dict[str, Any] = {}
+    problems: list[str] = []
+    datapaths = datapaths or {}
+    for where, given in (("ParameterAssignments", values or {}), ("DataPathAssignments", datapaths)):
+        if not isinstance(given, Mapping):
+            problems.append(
+                f"{where} must be an object mapping parameter names to values, not "
+                f"{type(given).__name__}."
+            )
+            continue
+        for name, value in given.items():
+            param = by_name.get(name)
+            if param is None:
+                problems.append(_unknown(name, sorted(by_name)))
+            elif where == "ParameterAssignments" and name in datapaths:
+                problems.append(
+                    f"Parameter '{name}' is given in both ParameterAssignments and "
+                    "DataPathAssignments; give it once."
+                )
+            elif isinstance(param, DataPathParameter):
+                datapath, problem = param.assignment_problem(value, datastores)
+                if problem:
+                    problems.append(problem)
+                else:
+                    config[name] = datapath.to_record()
+            elif where == "DataPathAssignments":
+                problems.append(
+                    f"Pipeline parameter '{name}' is a value parameter, not a DataPath: give it "
+                    f"in ParameterAssignments ({param.allowed()}), not in DataPathAssignments."
+                )
+            elif problem := param.assignment_problem(value):
+                problems.append(problem)
+            else:
+                config[name] = param.config_value(value)
+    return config, problems
+
+
+def _unknown(name: Any, known: list[str]) -> str:
+    hint = difflib.get_close_matches(str(name), known, n=1)
+    names = f"its parameters are {', '.join(repr(k) for k in known)}" if known else "it has no parameters"
+    return (
+        f"The pipeline has no parameter '{name}'; {names}."
+        + (f" Did you mean '{hint[0]}'?" if hint else "")
+    )
+
+
+def _looks_like_datapath(value: Any) -> bool:
+    """A DataPath object or a mapping shaped like one (Azure's or ours)."""
+    if isinstance(value, DataPath):
+        return True
+    if isinstance(value, Mapping):
+        keys = {str(k).lower() for k in value}
+        return bool(keys & {"datastorename", "relativepath", "datastore", "path_on_datastore"})
+    return False

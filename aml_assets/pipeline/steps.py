@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from aml_assets.data.datasets import DatasetInput, OutputDataset
+from aml_assets.pipeline.datapath import DataPathParameter, bind_input
 from aml_assets.pipeline.parameters import PipelineParameter
 
-Argument = str | int | float | bool | DatasetInput | OutputDataset | PipelineParameter
+#: A DataPathParameter given directly (or as Azure's ``(param, DataPathComputeBinding)``) is
+#: bound as an input when the step is declared (``datapath.bind_input``).
+Argument = str | int | float | bool | DatasetInput | OutputDataset | PipelineParameter | DataPathParameter
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Step:
         # Every path is resolved where the step is declared, so a later chdir (a notebook, a
         # test, a daemon started elsewhere) can never make the same step hash another folder.
         self.source_directory = Path(self.source_directory).expanduser().resolve()
+        self.arguments = [bind_input(a) for a in self.arguments]
+        self.inputs = [bind_input(i) for i in self.inputs]
         self.hash_paths = [Path(p).expanduser().resolve() for p in self.hash_paths]
         if self.timeout_seconds is not None and self.timeout_seconds <= 0:
             raise ValueError(

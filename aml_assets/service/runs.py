@@ -126,7 +126,7 @@ def execute(request: RunRequest, out: TextIO | None = None, where: str = "") -> 
         "loggers": {"console": {"config": {"log_level": request.log_level.upper()}}}
     }
     if request.parameters:
-        run_config["resources"] = {RUN_SETTINGS_KEY: {"config": dict(request.parameters)}}
+        run_config["resources"] = {RUN_SETTINGS_KEY: {"config": _checked_parameters(job, request.parameters)}}
     tags = {REGENERATE_TAG: "true"} if request.regenerate else {}
     instance = DagsterInstance.get()
     with instance:
@@ -135,6 +135,29 @@ def execute(request: RunRequest, out: TextIO | None = None, where: str = "") -> 
             instance, result.run_id, name, result.success, time.perf_counter() - started, out, where
         )
     return 0 if result.success else 1
+
+
+def _checked_parameters(job: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """``--param`` values as run config, checked against the job's pipeline parameters first.
+
+    A DataPath parameter may be given as ``datastore:path/on/it`` or a relative path. A job that
+    is not an aml-assets pipeline's (no settings resource) gets the values as they are.
+    """
+    from aml_assets.pipeline.parameters import check_assignments
+    from aml_assets.pipeline.tags import RUN_SETTINGS_KEY
+
+    settings = job.get_definition().resource_defs.get(RUN_SETTINGS_KEY)
+    cls = getattr(settings, "configurable_resource_cls", None)
+    declared = getattr(cls, "declared_parameters", None)
+    if declared is None:
+        return dict(values)
+    config, problems = check_assignments(declared, values, datastores=getattr(cls, "declared_datastores", None))
+    if problems:
+        raise RunRequestError(
+            problems[0] if len(problems) == 1
+            else f"{len(problems)} --param values are invalid:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+    return config
 
 
 def print_summary(
