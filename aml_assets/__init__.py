@@ -73,15 +73,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         PipelineValidationError,
         StepFailedError,
     )
+    from aml_assets.pipeline.datapath import DataPath, DataPathComputeBinding, DataPathParameter
     from aml_assets.pipeline.definition import Pipeline
     from aml_assets.pipeline.parameters import ParameterValueError, PipelineParameter
-    from aml_assets.pipeline.steps import Environment, PythonScriptStep, SynapseSparkStep
-    from aml_assets.pipeline.datapath import DataPath, DataPathComputeBinding, DataPathParameter
     from aml_assets.pipeline.publish import (
         EndpointVersion,
         PipelineEndpoint,
         PublishedPipeline,
         PublishError,
     )
+    from aml_assets.pipeline.steps import Environment, PythonScriptStep, SynapseSparkStep
     from aml_assets.service.experiment import Experiment, PipelineRun, StepRun
     from aml_assets.service.schedules import Schedule, ScheduleError, ScheduleRecurrence

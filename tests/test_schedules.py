@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -404,7 +405,7 @@ def test_trigger_sees_subfolders_and_starts_one_run_per_new_content(pipeline, da
     (root / "incoming" / "before.csv").write_text("old\n")
     _backdate(root / "incoming" / "before.csv", 3600)  # there before the trigger: the baseline
     sensor = _trigger(pipeline, datastore)
-    assert sensor.minimum_interval_seconds == 1
+    assert sensor.minimum_interval_seconds == 1  # (at least one second)
     assert sensor.default_status == DefaultSensorStatus.RUNNING
 
     requests, cursor, skip = _tick(sensor, datastore, instance, None)
@@ -445,14 +446,42 @@ def test_a_file_still_being_written_waits_until_it_is_complete(pipeline, datasto
     _, cursor, _ = _tick(sensor, datastore, instance, None)
     landing = Path(datastore.root) / "incoming" / "deep" / "big.csv"
     landing.parent.mkdir(parents=True)
-    landing.write_text("a,b\n")  # just written: may still be growing
-    requests, cursor, skip = _tick(sensor, datastore, instance, cursor)
+    landing.write_text("a,b\n")
+    stop = threading.Event()
+
+    def keep_writing():  # a slow upload: a line every 0.3 s, never quiet for the settle window
+        with landing.open("a") as fh:
+            while not stop.wait(0.3):
+                fh.write("1,2\n")
+                fh.flush()
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        requests, cursor, skip = _tick(sensor, datastore, instance, cursor)
+    finally:
+        stop.set()
+        writer.join()
     assert requests == [] and "1 file(s) still being written" in skip
-    with landing.open("a") as fh:
-        fh.write("1,2\n")
-    _backdate(landing, 3)  # quiet for longer than the settle window
+    # Quiet now: the next tick waits out the short settle window itself and takes the whole file.
+    started = time.monotonic()
     [request], cursor, _ = _tick(sensor, datastore, instance, cursor)
     assert request.tags[TRIGGER_PATH_TAG] == "incoming/deep/big.csv"
+    assert time.monotonic() - started < 5
+
+
+def test_a_file_that_just_landed_is_taken_in_the_same_tick(pipeline, datastore, instance):
+    """A complete file a moment old is not left for a whole polling interval: the tick waits
+    the settle window (2 s) and takes it."""
+    sensor = _trigger(pipeline, datastore)
+    _, cursor, _ = _tick(sensor, datastore, instance, None)
+    landing = Path(datastore.root) / "incoming" / "new.csv"
+    landing.parent.mkdir(parents=True, exist_ok=True)
+    landing.write_text("a\n1\n")
+    started = time.monotonic()
+    [request], cursor, _ = _tick(sensor, datastore, instance, cursor)
+    assert request.tags[TRIGGER_PATH_TAG] == "incoming/new.csv"
+    assert 1.5 <= time.monotonic() - started < 5
 
 
 def test_cursor_stays_compact(tmp_path):

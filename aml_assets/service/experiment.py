@@ -28,7 +28,7 @@ from aml_assets.pipeline.tags import (
     PUBLISHED_ID_TAG,
     PUBLISHED_VERSION_TAG,
 )
-from aml_assets.service.submit import SubmitError, Submitter, submit_pipeline_run
+from aml_assets.service.submit import SubmitError, Submitter, daemon_running, submit_pipeline_run
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -356,7 +356,7 @@ class PipelineRun:
                     f"Run {self.id} is still {status} after {timeout_seconds:g} s; it goes on. "
                     "Call wait_for_completion() again, or cancel() it."
                 )
-            if status == "Queued" and not warned and waited > _QUEUE_WARNING_SECONDS and not _daemon_running(self._instance):
+            if status == "Queued" and not warned and waited > _QUEUE_WARNING_SECONDS and not daemon_running(self._instance):
                 warned = True
                 print(
                     f"Run {self.id} is queued, but no dagster-daemon is running for "
@@ -429,16 +429,6 @@ def _user_tags(tags: Mapping[str, str]) -> dict[str, str]:
 
 
 _STEP_FIELDS = ("Name", "Status", "Reused", "ReusedFromRun", "RunsBecause", "Error", "StartTime", "EndTime")
-
-
-def _daemon_running(instance: DagsterInstance) -> bool:
-    from dagster._daemon.controller import get_daemon_statuses
-    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
-        QueuedRunCoordinatorDaemon,
-    )
-
-    kind = QueuedRunCoordinatorDaemon.daemon_type()
-    return bool(get_daemon_statuses(instance, [kind], ignore_errors=True)[kind].healthy)
 
 
 _DAGSTER_LINE = re.compile(r"^\S+ \S+ [+-]\d{4} - dagster - [A-Z]+ - ")

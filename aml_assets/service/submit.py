@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 #: How long a look at the daemon's heartbeat is trusted (one look per submit would cost a query).
 _DAEMON_CHECK_SECONDS = 5.0
+#: A daemon silent for longer is taken for stopped (it beats every 30 s while it runs).
+_DAEMON_SILENCE_SECONDS = 60.0
 
 
 class SubmitError(AmlAssetsError):
@@ -196,19 +198,12 @@ class Submitter:
 
     # --- submitting ----------------------------------------------------------------------------
     def daemon_running(self) -> bool:
-        """Whether a dagster-daemon is dequeuing this instance's runs (recent heartbeat)."""
-        from dagster._daemon.controller import get_daemon_statuses
-        from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
-            QueuedRunCoordinatorDaemon,
-        )
-
+        """Whether a dagster-daemon is dequeuing this instance's runs (see ``daemon_running``)."""
         now = time.monotonic()
         with self._lock:
             if self._daemon_seen is not None and now - self._daemon_seen[0] < _DAEMON_CHECK_SECONDS:
                 return self._daemon_seen[1]
-            kind = QueuedRunCoordinatorDaemon.daemon_type()
-            status = get_daemon_statuses(self.instance, [kind], ignore_errors=True)[kind]
-            running = bool(status.healthy)
+            running = daemon_running(self.instance)
             self._daemon_seen = (now, running)
             return running
 
@@ -276,6 +271,26 @@ class Submitter:
             else:
                 self.instance.submit_run(run.run_id, request)
             return run.run_id
+
+
+def daemon_running(instance: DagsterInstance) -> bool:
+    """Whether a dagster-daemon dequeues ``instance``'s runs: its queue daemon's last heartbeat
+    is at most a minute old. (Dagster's own health check tolerates 30 minutes of silence, and a
+    daemon leaves its last heartbeat behind when it stops; a daemon alive beats every 30 s.)"""
+    from dagster._daemon.controller import DEFAULT_HEARTBEAT_INTERVAL_SECONDS, get_daemon_statuses
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
+        QueuedRunCoordinatorDaemon,
+    )
+
+    kind = QueuedRunCoordinatorDaemon.daemon_type()
+    status = get_daemon_statuses(
+        instance,
+        [kind],
+        ignore_errors=True,
+        heartbeat_interval_seconds=DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+        heartbeat_tolerance_seconds=_DAEMON_SILENCE_SECONDS - DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+    )[kind]
+    return bool(status.healthy)
 
 
 def _config_problem(error: Any) -> str:
