@@ -207,6 +207,10 @@ def cmd_runs(args: argparse.Namespace, out) -> int:
     from aml_assets.service.runs import print_summary
 
     _use_project_home(create=False)
+    if args.action in ("wait", "cancel"):
+        from aml_assets.service.experiment import cli_runs_cancel, cli_runs_wait
+
+        return (cli_runs_wait if args.action == "wait" else cli_runs_cancel)(args, out)
     with DagsterInstance.get() as instance:
         runs = instance.get_runs(limit=200)
         if args.run:
@@ -451,7 +455,25 @@ def build_parser() -> argparse.ArgumentParser:
     rs_sub = rs.add_subparsers(dest="action", required=True)
     rs_show = rs_sub.add_parser("show", help="what a run's steps did, their metrics and outputs (latest by default)")
     rs_show.add_argument("run", nargs="?", help="a run id, or its first characters")
+    rs_wait = rs_sub.add_parser("wait", help="follow a run (queued, e.g. from the HTTP API) until it ends")
+    rs_wait.add_argument("run", help="a run id, or its first characters")
+    rs_wait.add_argument("--timeout", type=float, help="give up after this many seconds (the run goes on)")
+    rs_wait.add_argument("--quiet", action="store_true", help="print only the final status")
+    rs_sub.add_parser("cancel", help="take a run off the queue, or stop it").add_argument("run")
     rs.set_defaults(func=cmd_runs)
+    sm = sub.add_parser(
+        "submit", help="queue a run of a published pipeline (or an endpoint's default version) for the daemon"
+    )
+    target = sm.add_mutually_exclusive_group(required=True)
+    target.add_argument("--published", metavar="ID", help="a published pipeline's id")
+    target.add_argument("--endpoint", metavar="NAME", help="a pipeline endpoint (its default version)")
+    sm.add_argument("-w", "--workspace", default="workspace.yaml", help="Dagster workspace file")
+    sm.add_argument("--experiment", help="experiment name (default: the pipeline's or endpoint's)")
+    sm.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="a parameter value (repeatable); a DataPath as datastore:path")
+    sm.add_argument("--regenerate", action="store_true", help="run every step, reusing nothing")
+    sm.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    sm.set_defaults(func=cmd_submit)
 
     rn = sub.add_parser("runner", help="the warm runner of $DAGSTER_HOME: runs start without paying for imports")
     rn.add_argument("action", choices=["start", "stop", "status"])
@@ -703,6 +725,13 @@ def cmd_schedules(args: argparse.Namespace, out) -> int:
     if os.environ.get("DAGSTER_HOME") or Path(".dagster_home").is_dir():
         _use_project_home(create=False)  # so the UI's on/off state follows too
     return cli_schedules(args, out)
+
+
+def cmd_submit(args: argparse.Namespace, out) -> int:
+    from aml_assets.service.experiment import cli_submit
+
+    _use_project_home(create=True)
+    return cli_submit(args, out)
 
 
 def cmd_serve(args: argparse.Namespace, out) -> int:

@@ -51,6 +51,9 @@ class FakeSubmitter:
     def datastores(self, job: str) -> list[str]:
         return ["workspace"]
 
+    def refresh_if_older_than(self, timestamp: float) -> None:
+        self.refreshed_for = timestamp
+
     def submit(self, job, run_config=None, tags=None, *, launch_if_no_daemon=False) -> str:
         run_id = str(uuid.uuid4())
         self.calls.append({"job": job, "run_config": run_config, "tags": dict(tags or {}), "id": run_id})
@@ -582,4 +585,20 @@ def test_real_submitter_queues_a_run_of_a_published_pipeline(tmp_path, datastore
         no_token = requests.post(url, json={}, timeout=60)
         assert no_token.status_code == 401
         assert len(instance.get_run_ids()) == count  # nothing refused was created
+
+        # The definitions change while the API runs (a new parameter) and version 2 is
+        # published from them: the API loads the new code for it, no restart needed.
+        (project / "definitions.py").write_text(TINY_PROJECT.replace(
+            '"--out", OutputDataset("fitted")',
+            '"--depth", PipelineParameter("depth", 3, min=1, max=10), "--out", OutputDataset("fitted")'))
+        spec = importlib.util.spec_from_file_location("api_tiny_project_v2", project / "definitions.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        v2 = module.build_pipeline().publish("api_tiny", datastore=datastore, resources=module.RESOURCES)
+        assert v2.version == 2
+        newer = requests.post(f"{server.url}/api/v1/pipelines/{v2.id}/runs", headers=auth, timeout=60,
+                              json={"ParameterAssignments": {"depth": 7}})
+        assert newer.status_code == 202, newer.text
+        run = instance.get_run_by_id(newer.json()["Id"])
+        assert run.run_config["resources"]["pipeline"]["config"] == {"depth": 7}
         server.stop()

@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,13 @@ from aml_assets.service.experiment import (
     RUN_STATUS,
     Experiment,
     PipelineRun,
+    RunFailedError,
     RunNotFoundError,
+    RunTimeoutError,
     azure_status,
 )
 from aml_assets.service.instance import ensure_instance
-from aml_assets.service.submit import SubmitError, Submitter
+from aml_assets.service.submit import SubmitError, Submitter, daemon_running
 
 REPO = Path(__file__).resolve().parent.parent
 DAEMON = REPO / ".venv" / "bin" / "dagster-daemon"
@@ -89,7 +92,7 @@ print("prep: note on stderr", file=sys.stderr)
 '''
 
 TOTAL_PY = '''
-import argparse
+import argparse, sys
 from pathlib import Path
 from amlrun import Run
 p = argparse.ArgumentParser()
@@ -98,6 +101,8 @@ a = p.parse_args()
 src = Path(a.input)
 rows = ((src / "data.csv") if src.is_dir() else src).read_text().splitlines()[1:]
 total = sum(int(r.split(",")[1]) for r in rows) + a.offset
+if a.offset == 13:
+    sys.exit("total: unlucky offset 13")
 (Path(a.out) / "total.txt").write_text(str(total))
 Run.get_context().log("total", total)
 print(f"total: the sum is {total}")
@@ -277,7 +282,7 @@ def test_bad_parameter_is_refused_before_any_run_exists(project: Path, experimen
 
 
 def test_without_a_daemon_a_run_waits_in_the_queue_and_can_be_canceled(
-    project: Path, home: Path, queued_instance: DagsterInstance
+    project: Path, home: Path, queued_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ):
     """The Submitter (what the HTTP API uses) always queues: the daemon may come later."""
     with Submitter(project / "workspace.yaml", instance=queued_instance) as submitter:
@@ -291,8 +296,18 @@ def test_without_a_daemon_a_run_waits_in_the_queue_and_can_be_canceled(
             times.append(time.perf_counter() - started)
         print(f"submit latency: median {sorted(times)[2] * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
         assert sorted(times)[2] < 1.0  # target 0.3 s; generous for a loaded CI machine
+        # An ASGI server submits from a thread pool.
+        with ThreadPoolExecutor(4) as pool:
+            ids = list(pool.map(lambda i: submitter.submit("two_steps", tags={"n": str(i)}), range(8)))
+        assert len(set(ids)) == 8
+        assert all(queued_instance.get_run_by_id(i).status == DagsterRunStatus.QUEUED for i in ids)
     run = PipelineRun(run_id, queued_instance)
     assert run.get_status() == "Queued"
+    monkeypatch.setattr("aml_assets.service.experiment._QUEUE_WARNING_SECONDS", 0.2)
+    shown = io.StringIO()
+    with pytest.raises(RunTimeoutError, match="still Queued after 1 s"):
+        run.wait_for_completion(timeout_seconds=1, out=shown, poll_seconds=0.1)
+    assert "no dagster-daemon is running" in shown.getvalue()
     assert queued_instance.get_run_by_id(run_id).tags[REGENERATE_TAG] == "true"
     assert run.cancel() is True
     assert run.get_status() == "Canceled"
@@ -300,6 +315,23 @@ def test_without_a_daemon_a_run_waits_in_the_queue_and_can_be_canceled(
     assert run.cancel() is False  # already over
     with pytest.raises(RunNotFoundError, match="No run 'nope'"):
         PipelineRun("nope", queued_instance)
+
+
+def test_a_daemon_that_stopped_a_while_ago_is_not_taken_for_running(queued_instance: DagsterInstance):
+    """A stopped daemon leaves its last heartbeat behind (Dagster trusts one for 30 minutes):
+    runs would sit in the queue, so only a recent heartbeat counts."""
+    from dagster._daemon.types import DaemonHeartbeat
+
+    def beat(age: float) -> None:
+        queued_instance.add_daemon_heartbeat(
+            DaemonHeartbeat(time.time() - age, "QUEUED_RUN_COORDINATOR", "test-daemon", errors=[])
+        )
+
+    assert not daemon_running(queued_instance)
+    beat(age=300)
+    assert not daemon_running(queued_instance)
+    beat(age=5)
+    assert daemon_running(queued_instance)
 
 
 def test_experiment_submit_without_a_daemon_launches_the_run_directly(
@@ -315,6 +347,14 @@ def test_experiment_submit_without_a_daemon_launches_the_run_directly(
     assert run.get_tags()[REGENERATE_TAG] == "true"
     events = {e.dagster_event.event_type_value for e in run.instance.all_logs(run.id) if e.dagster_event}
     assert "PIPELINE_ENQUEUED" not in events
+
+    failing = experiment.submit(load_pipeline(project), pipeline_parameters={"factor": 3, "offset": 13})
+    with pytest.raises(RunFailedError, match=r"step 'total'.*exited with code 1.*unlucky offset 13"):
+        failing.wait_for_completion(show_output=False, timeout_seconds=90)
+    assert failing.get_status() == "Failed"
+    assert steps_of(failing) == {"prep": ("Finished", True), "total": ("Failed", None)}
+    assert "total: unlucky offset 13" in failing.find_step_run("total")[0].get_stderr_log()
+    assert failing.wait_for_completion(show_output=False, raise_on_error=False) == "Failed"
 
 
 def test_submit_published_pipeline_and_endpoint(project: Path, experiment: Experiment):

@@ -202,3 +202,56 @@ def test_readme_examples_run(service: Service, published: dict) -> None:
         out = subprocess.run([sys.executable, "-c", block], env=env, cwd=service.project,
                              capture_output=True, text=True, timeout=RUN_TIMEOUT)
         assert out.returncode == 0, f"README Python block failed:\n{block}\n{out.stdout}\n{out.stderr}"
+
+
+def test_cli_submit_waits_and_reuses(service: Service, published: dict) -> None:
+    """`aml-assets submit --endpoint ... --wait`: through the queue and the daemon, followed to
+    the end; both steps reused (the same parameter value ran in the first test)."""
+    out = service.cli("submit", "--endpoint", "titanic", "--experiment", "e2e", "--param", "n_estimators=30", "--wait")
+    assert "Finished" in out.stdout or "succeeded" in out.stdout, out.stdout
+    run_id = re.search(r"Run ([0-9a-f-]{36}) submitted", out.stdout).group(1)
+    body = requests.get(f"{service.api}/api/v1/runs/{run_id}", headers=service.headers(), timeout=30).json()
+    assert body["Status"] == "Finished" and all(step["Reused"] for step in body["Steps"]), body
+    waited = service.cli("runs", "wait", run_id[:12], "--quiet")
+    assert waited.stdout.strip() == f"{run_id} Finished", waited.stdout
+
+
+def _ui_schedules(service: Service) -> set[str]:
+    query = """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+        ... on RepositoryLocation { repositories { schedules { name } sensors { name } } } } } } } }"""
+    response = requests.post(f"{service.ui}/graphql", json={"query": query}, timeout=30)
+    response.raise_for_status()
+    names = set()
+    for entry in response.json()["data"]["workspaceOrError"]["locationEntries"]:
+        for repo in (entry.get("locationOrLoadError") or {}).get("repositories", []):
+            names.update(s["name"] for s in repo["schedules"] + repo["sensors"])
+    return names
+
+
+def test_a_schedule_created_while_the_service_runs_goes_live(service: Service, published: dict) -> None:
+    """The supervisor sees the new record and reloads the daemon and the UI's code location."""
+    assert "hourly_titanic" not in _ui_schedules(service)
+    code = (
+        "from aml_assets import PublishedPipeline, Schedule, ScheduleRecurrence\n"
+        f"Schedule.create('hourly_titanic', pipeline=PublishedPipeline.get({published['Id']!r}), "
+        "experiment_name='e2e', recurrence=ScheduleRecurrence('Hour', 1))\n"
+    )
+    made = subprocess.run([sys.executable, "-c", code], cwd=service.project, env=service.env,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    deadline = time.monotonic() + 90
+    while "hourly_titanic" not in _ui_schedules(service):
+        assert time.monotonic() < deadline, "the UI never showed the new schedule"
+        time.sleep(2)
+    listed = service.cli("schedules", "list")
+    assert "hourly_titanic" in listed.stdout, listed.stdout
+    # The reloaded API still answers (it was restarted with the daemon).
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{service.api}/healthz", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "the API did not come back after the reload"
+        time.sleep(1)

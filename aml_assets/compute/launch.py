@@ -211,7 +211,8 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
                 procs.append(cluster.start(command, env, launch.source_directory))
             finally:
                 started.set()
-            code, stderr_tail = wait_streaming(procs[0], launch.timeout_seconds, redact)
+            with step_output_logs(launch) as copies:
+                code, stderr_tail = wait_streaming(procs[0], launch.timeout_seconds, redact, copies)
     for message in session.get_custom_messages():
         if isinstance(message, dict) and "aml_metric" in message:
             name, value = message["aml_metric"]
@@ -452,20 +453,53 @@ class _Watchdog:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
 
 
-def _pump(stream, sink, tail: collections.deque | None, redact: Redactor | None = None) -> None:
+@contextlib.contextmanager
+def step_output_logs(launch: StepLaunch):
+    """(stdout, stderr) files keeping this step's script output on its own, or (None, None).
+
+    Dagster captures the output of a run's process as a whole when its steps run in one process
+    (the pipelines' executors do), so one step's output cannot be told from another's there.
+    These are in Dagster's compute log storage under the key Dagster gives a step's own capture
+    (``build_log_key_for_run(run_id, step)``, used when steps run in separate processes), where
+    ``StepRun.get_stdout_log()`` reads them.
+    """
+    context = launch.dagster_context
+    run_id = launch.run_id()
+    if context is None or not run_id:
+        yield None, None
+        return
+    from dagster._core.storage.compute_log_manager import ComputeIOType
+
+    manager = context.instance.compute_log_manager
+    key = manager.build_log_key_for_run(run_id, launch.step)
+    with manager.open_log_stream(key, ComputeIOType.STDOUT) as out, manager.open_log_stream(
+        key, ComputeIOType.STDERR
+    ) as err:
+        yield out, err
+
+
+def _pump(
+    stream, sink, tail: collections.deque | None, redact: Redactor | None = None, copy=None
+) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", errors="replace")
         if redact is not None:
             line = redact(line)
         sink.write(line)
         sink.flush()
+        if copy is not None:
+            copy.write(line)
+            copy.flush()
         if tail is not None:
             tail.append(line.rstrip("\n"))
     stream.close()
 
 
 def wait_streaming(
-    proc: subprocess.Popen[bytes], timeout: float | None = None, redact: Redactor | None = None
+    proc: subprocess.Popen[bytes],
+    timeout: float | None = None,
+    redact: Redactor | None = None,
+    copies: tuple[Any, Any] = (None, None),
 ) -> tuple[int | None, list[str]]:
     """Forward a process's stdout/stderr to ours (Dagster captures them per step) and wait.
 
@@ -475,8 +509,8 @@ def wait_streaming(
     """
     tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
     pumps = [
-        threading.Thread(target=_pump, args=(proc.stdout, sys.stdout, None, redact), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, sys.stderr, tail, redact), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stdout, sys.stdout, None, redact, copies[0]), daemon=True),
+        threading.Thread(target=_pump, args=(proc.stderr, sys.stderr, tail, redact, copies[1]), daemon=True),
     ]
     for t in pumps:
         t.start()

@@ -42,6 +42,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -318,6 +319,7 @@ class _Api:
                 "(PublishedPipeline.enable()) or submit to another version.",
             )
         experiment = run_request.experiment or (endpoint.name if endpoint else published.name)
+        self.submitter.refresh_if_older_than(_timestamp(getattr(published, "created", None)))
         tags = dict(published.run_tags())
         if endpoint is not None:
             tags[ENDPOINT_TAG] = endpoint.name
@@ -479,6 +481,14 @@ class _Api:
 
     def _dagster_url(self, run_id: str) -> str | None:
         return f"{self.webserver_url}/runs/{run_id}" if self.webserver_url else None
+
+
+def _timestamp(iso: str | None) -> float:
+    """A record's ISO time as a Unix timestamp (0 when missing or unreadable)."""
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _too_large(limit: int) -> ApiError:

@@ -208,7 +208,7 @@ class PipelineRun:
             "status": azure_status(run.status),
             "startTimeUtc": _iso(record.start_time),
             "endTimeUtc": _iso(record.end_time),
-            "tags": dict(run.tags),
+            "tags": _user_tags(run.tags),
             "properties": {"job": run.job_name, "dagsterStatus": run.status.value},
             "runConfig": run.run_config,
         }
@@ -312,14 +312,14 @@ class PipelineRun:
             whole = self._read_log(log_key, stream) or ""
             if stream == "stderr":
                 return _stderr_of_step(whole, self.id, step)
-            ran = [k for k in step_keys if k in steps and steps[k].reused is False]
-            if step not in ran and steps.get(step) is not None and steps[step].reused:
+            # Steps whose script may have printed: started, and not reused (a failed one too).
+            ran = [k for k in step_keys if k in steps and steps[k].start_time and steps[k].reused is not True]
+            if step not in ran:
                 return ""
-            if ran == [step] or len(step_keys) == 1:
+            if ran == [step]:
                 return whole
-            others = ", ".join(k for k in ran if k != step)
             return (
-                f"[aml-assets: steps {step}, {others} ran in one process; their stdout is captured "
+                f"[aml-assets: steps {', '.join(ran)} ran in one process; their stdout was captured "
                 "together and cannot be told apart]\n" + whole
             )
         return ""
@@ -409,10 +409,7 @@ class PipelineRun:
             "CreatedTime": _iso(record.create_timestamp.timestamp()),
             "StartTime": _iso(record.start_time),
             "EndTime": _iso(record.end_time),
-            "Steps": [
-                {k: v for k, v in step.to_json().items() if k in _STEP_FIELDS}
-                for step in self._steps(record).values()
-            ],
+            "Steps": [step.to_json() for step in self._steps(record).values()],
         }
 
     def __repr__(self) -> str:
@@ -426,9 +423,6 @@ def _user_tags(tags: Mapping[str, str]) -> dict[str, str]:
 
     hidden = {BOOT_TAG, HOST_TAG, PID_TAG, PIDNS_TAG, START_TAG}
     return {k: v for k, v in tags.items() if not k.startswith(".dagster/") and k not in hidden}
-
-
-_STEP_FIELDS = ("Name", "Status", "Reused", "ReusedFromRun", "RunsBecause", "Error", "StartTime", "EndTime")
 
 
 _DAGSTER_LINE = re.compile(r"^\S+ \S+ [+-]\d{4} - dagster - [A-Z]+ - ")
@@ -472,13 +466,14 @@ class _Follower:
         self.log_cursors: dict[tuple[str, ...], str | None] = {}
         self.steps = set(run._pipeline_step_keys(run._record().dagster_run))
         self.status: str | None = None
+        self.started = False
 
     def poll(self) -> None:
         from dagster import DagsterEventType
 
-        if self.status is None:
-            self.status = self.run.get_status()
-            print(f"Run {self.run.id}: {self.status}", file=self.out)
+        if not self.started:
+            self.started = True
+            print(f"Run {self.run.id} of {self.run._record().dagster_run.job_name}", file=self.out)
         while True:
             conn = self.run.instance.get_records_for_run(self.run.id, cursor=self.cursor, limit=500)
             self.cursor = conn.cursor
@@ -647,3 +642,79 @@ def _what_to_run(target: Any) -> tuple[str, list[Any], dict[str, str]]:
         f"Experiment.submit takes a Pipeline, a PublishedPipeline or a PipelineEndpoint, not "
         f"{type(target).__name__}."
     )
+
+
+# --- command line (wired in aml_assets/cli.py) ---------------------------------------------------
+def find_run_id(instance: DagsterInstance, prefix: str, among: int = 500) -> str:
+    """The id of the run whose id starts with ``prefix`` (among the latest ``among`` runs)."""
+    if instance.get_run_by_id(prefix) is not None:
+        return prefix
+    found = [r.run_id for r in instance.get_runs(limit=among) if r.run_id.startswith(prefix)]
+    if not found:
+        raise RunNotFoundError(
+            f"No run '{prefix}' among the latest {among} runs of {instance.root_directory}; "
+            "`aml-assets runs show` shows the latest one."
+        )
+    if len(found) > 1:
+        raise RunNotFoundError(
+            f"'{prefix}' matches {len(found)} runs ({', '.join(r[:12] for r in found[:5])}); "
+            "give more of the id."
+        )
+    return found[0]
+
+
+def cli_runs_wait(args: Any, out: TextIO | None = None) -> int:
+    """``aml-assets runs wait RUN [--timeout S] [--quiet]``: follow a run until it ends; exit
+    status 0 when it finished, 1 when it failed or was canceled."""
+    from dagster import DagsterInstance
+
+    out = out or sys.stdout
+    with DagsterInstance.get() as instance:
+        run = PipelineRun(find_run_id(instance, args.run), instance)
+        status = run.wait_for_completion(
+            show_output=not getattr(args, "quiet", False),
+            timeout_seconds=getattr(args, "timeout", None),
+            raise_on_error=False,
+            out=out,
+        )
+        if getattr(args, "quiet", False):
+            print(f"{run.id} {status}", file=out)
+    return 0 if status == "Finished" else 1
+
+
+def cli_runs_cancel(args: Any, out: TextIO | None = None) -> int:
+    """``aml-assets runs cancel RUN``: take a queued run off the queue, or stop a running one."""
+    from dagster import DagsterInstance
+
+    out = out or sys.stdout
+    with DagsterInstance.get() as instance:
+        run = PipelineRun(find_run_id(instance, args.run), instance)
+        if not run.cancel():
+            print(f"Run {run.id} is {run.get_status()}: nothing to cancel.", file=out)
+            return 1
+        print(f"Run {run.id}: cancel requested ({run.get_status()}).", file=out)
+    return 0
+
+
+def cli_submit(args: Any, out: TextIO | None = None) -> int:
+    """``aml-assets submit (--published ID | --endpoint NAME) [-w workspace.yaml]
+    [--experiment NAME] [--param NAME=VALUE ...] [--regenerate] [--wait]``: queue a run of a
+    published pipeline (or an endpoint's default version) for the daemon; prints its id."""
+    from aml_assets.pipeline.publish import PipelineEndpoint, PublishedPipeline
+    from aml_assets.service.runs import RunRequest
+
+    out = out or sys.stdout
+    if bool(getattr(args, "published", None)) == bool(getattr(args, "endpoint", None)):
+        raise AmlAssetsError("Give one of --published ID or --endpoint NAME.")
+    target: Any = (
+        PublishedPipeline.get(args.published) if args.published else PipelineEndpoint.get(args.endpoint)
+    )
+    name = args.experiment or (args.endpoint or target.name)
+    values = RunRequest.parse_parameters(list(getattr(args, "param", None) or []))
+    with Experiment(name, workspace=args.workspace) as experiment:
+        run = experiment.submit(target, pipeline_parameters=values, regenerate_outputs=args.regenerate)
+        print(f"Run {run.id} submitted (experiment '{name}'): {run.get_status()}", file=out)
+        if not getattr(args, "wait", False):
+            return 0
+        status = run.wait_for_completion(show_output=True, raise_on_error=False, out=out)
+    return 0 if status == "Finished" else 1

@@ -106,9 +106,13 @@ class Submitter:
         self.instance = instance if instance is not None else DagsterInstance.get()
         self._lock = threading.RLock()
         self._jobs: dict[str, _JobHandle] = {}
+        self._datastores: dict[str, list[str] | None] = {}
         self._daemon_seen: tuple[float, bool] | None = None
+        self._closed = False
         try:
             self._context = WorkspaceProcessContext(self.instance, workspace_target(self.workspace))
+            #: When the code locations were loaded (see ``refresh_if_older_than``).
+            self.loaded_at = time.time()
         except BaseException:
             if self._owns_instance:
                 self.instance.dispose()
@@ -117,6 +121,10 @@ class Submitter:
     # --- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the code servers this submitter started (runs already started go on)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._context.__exit__(None, None, None)
         if self._owns_instance:
             self.instance.dispose()
@@ -132,6 +140,15 @@ class Submitter:
         with self._lock:
             self._context.reload_workspace()
             self._jobs.clear()
+            self.loaded_at = time.time()
+
+    def refresh_if_older_than(self, timestamp: float) -> None:
+        """Reload when the code was loaded before ``timestamp`` (a version published since):
+        the published version may need a parameter the loaded definitions do not have yet."""
+        with self._lock:
+            if timestamp >= int(self.loaded_at):  # records have whole seconds: err towards fresh
+                self.reload()
+            self._datastores.clear()
 
     # --- what the workspace holds -------------------------------------------------------------
     def location_errors(self) -> dict[str, str]:
@@ -184,17 +201,12 @@ class Submitter:
     def datastores(self, job: str) -> list[str] | None:
         """Resource keys of the Datastore resources of ``job``'s code location (None if their
         types cannot be told in this process)."""
-        from aml_assets.data.datastore import Datastore
-
         handle = self._job(job)
-        keys = []
-        for resource in handle.repository.get_resources():
-            cls = _resource_class(resource.resource_type)
-            if cls is None:
-                return None
-            if cls and issubclass(cls, Datastore):
-                keys.append(resource.name)
-        return sorted(keys)
+        with self._lock:
+            if job not in self._datastores:
+                self._datastores[job] = _datastore_keys(handle.repository)
+            found = self._datastores[job]
+        return None if found is None else list(found)
 
     # --- submitting ----------------------------------------------------------------------------
     def daemon_running(self) -> bool:
@@ -306,6 +318,20 @@ def _config_problem(error: Any) -> str:
 def _stack_entries(stack: Any) -> list[Any]:
     entries = getattr(stack, "entries", None)
     return list(entries) if entries is not None else []
+
+
+def _datastore_keys(repository: Any) -> list[str] | None:
+    """Keys of a repository's Datastore resources (None when a resource's type is unknown here)."""
+    from aml_assets.data.datastore import Datastore
+
+    keys = []
+    for resource in repository.get_resources():
+        cls = _resource_class(resource.resource_type)
+        if cls is None:
+            return None
+        if cls and issubclass(cls, Datastore):
+            keys.append(resource.name)
+    return sorted(keys)
 
 
 def _resource_class(type_name: str) -> type | None | bool:

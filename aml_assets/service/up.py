@@ -135,6 +135,22 @@ class _Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def stop_leader(self, timeout: float = 30.0) -> int | None:
+        """Stop only the child process, not its group; returns the group id left behind.
+
+        For a reload: the daemon's code server keeps running the runs it started (Dagster's code
+        server shuts down only once its executions finish), so they are not killed by a reload.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        return self.proc.pid
+
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the child's process group (its code servers and run workers too), then
         SIGKILL what is left after ``timeout``."""
@@ -195,6 +211,8 @@ class Supervisor:
             logs / "api.log",
         )
         self.children = [self.webserver, self.daemon, self.api]
+        #: Process groups of daemons replaced by a reload: their code servers finish their runs.
+        self.retired_groups: list[int] = []
         self._stopping = False
 
     # --- start ---------------------------------------------------------------------------
@@ -221,7 +239,10 @@ class Supervisor:
                 )
         from aml_assets.service.instance import ensure_instance
 
-        ensure_instance(self.home)  # once, under a lock: three processes must not race on it
+        # Once, under a lock (three processes must not race on a new home), with the project's
+        # dagster.yaml (its run queue) when the home has none yet.
+        project_config = self.cwd / "dagster.yaml"
+        ensure_instance(self.home, default_config=project_config if project_config.is_file() else None)
         env = self.env()
         started = time.monotonic()
         for child in self.children:
@@ -321,10 +342,10 @@ class Supervisor:
         return 0
 
     def _schedules_signature(self) -> str | None:
-        try:
-            from aml_assets.service.schedules import records_signature
-        except ImportError:
-            return None
+        """Digest of the schedule records: a change means the daemon and the UI must load the
+        code again (schedules and triggers are definitions built from the records)."""
+        from aml_assets.service.schedules import records_signature
+
         try:
             return records_signature(None)
         except Exception as exc:  # a datastore hiccup: keep serving, look again later
@@ -332,9 +353,16 @@ class Supervisor:
             return None
 
     def reload_code(self) -> None:
-        """Schedules changed: restart the daemon, have the webserver reload its code location."""
+        """Schedules changed: restart the daemon, have the webserver reload its code location.
+
+        Runs in progress go on: only the daemon process is stopped, and its code server (which
+        runs them) exits once they finish. The HTTP API needs no reload for schedules; it reloads
+        its own code when a version published after it loaded is called (``service.submit``).
+        """
         print("Schedules or triggers changed: reloading the daemon and the UI's code", file=self.out, flush=True)
-        self.daemon.stop()
+        retired = self.daemon.stop_leader()
+        if retired is not None:
+            self.retired_groups.append(retired)
         self._daemon_started_at = time.time()
         self.daemon.start(self.env(), self.cwd)
         query = json.dumps({"query": "mutation { reloadWorkspace { __typename } }"}).encode()
@@ -352,6 +380,11 @@ class Supervisor:
         # The API first (no new submissions), the daemon (no new launches), then the UI.
         for child in (self.api, self.daemon, self.webserver):
             child.stop()
+        for pgid in self.retired_groups:
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
 
 def _answers(url: str) -> bool:
