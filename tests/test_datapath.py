@@ -135,6 +135,30 @@ def test_content_decides_reuse_not_the_path(code, other, instance, datastore):
     assert materializations(fifth)["copied"]["reused"] is False
 
 
+def test_a_subset_run_rechecks_a_source_on_another_datastore_there(code, other, instance, datastore):
+    """A run of only the step reads the parameter's last materialized reference: it is checked on
+    the datastore the data is on (not the workspace one), reused when unchanged, refused when
+    the file changed since."""
+    from dagster import AssetKey
+
+    other.write_bytes("copy/a.csv", b"x\n1\n")
+    raw = DataPathParameter("raw", DataPath("other", "copy/a.csv"), format="csv")
+    defs = _pipeline(code, raw).to_definitions(_resources(other))
+    first = run_job(defs, instance, job="datapaths")
+    assert first.success, step_failure_messages(first)
+    job = defs.resolve_job_def("datapaths")
+
+    subset = job.execute_in_process(instance=instance, asset_selection=[AssetKey("copied")], raise_on_error=False)
+    assert subset.success, step_failure_messages(subset)
+    assert materializations(subset)["copied"]["reused"] is True
+
+    other.write_bytes("copy/a.csv", b"x\n2\n")
+    stale = job.execute_in_process(instance=instance, asset_selection=[AssetKey("copied")], raise_on_error=False)
+    assert not stale.success
+    assert any("changed since it was last materialized" in m for m in step_failure_messages(stale)), (
+        step_failure_messages(stale))
+
+
 def test_folder_datapath_with_azure_binding(code, other, instance, datastore):
     datastore.write_bytes("batches/2024/a.txt", b"alpha\n")
     datastore.write_bytes("batches/2024/sub/b.txt", b"beta\n")

@@ -303,6 +303,30 @@ def test_a_source_changed_since_another_run_read_it_is_refused(datastore):
     assert not datastore.exists(layout.run_ref("numbers", "subset")), "a stale reference is never pinned"
 
 
+def test_a_source_on_another_datastore_is_checked_on_that_datastore(datastore, tmp_path):
+    """The reference records the source's datastore key: it is re-hashed there, not on the
+    workspace datastore (where the path may not exist, or hold something else)."""
+    from aml_assets import LocalDatastore
+
+    landing = LocalDatastore(name="landing", root=str(tmp_path / "landing"))
+    io = DatastoreIOManager.with_datastores("workspace", {"workspace": datastore, "landing": landing})
+    landing.write_bytes("numbers/n.csv", b"id\n1\n")
+    datastore.write_bytes("numbers/n.csv", b"something else on the workspace\n")
+    ref = DatasetRef(
+        name="numbers", datastore="landing", path="numbers/n.csv", uri=landing.uri("numbers/n.csv"),
+        format="csv", content_hash=manifest_digest(landing.manifest("numbers/n.csv")),
+    )
+    datastore.write_bytes(layout.run_ref("numbers", "parent-run"), ref.model_dump_json().encode())
+    assert io.resolve_input_ref("numbers", "parent-run", ["child", "parent-run"])[0] == ref
+    landing.write_bytes("numbers/n.csv", b"id\n2\n")
+    with pytest.raises(DatasetError, match="changed since run parent-run read it"):
+        io.resolve_input_ref("numbers", "parent-run", ["child", "parent-run"])
+    # A datastore the run does not have: refused clearly, never trusted unchecked.
+    alone = DatastoreIOManager(datastore=datastore)
+    with pytest.raises(DatasetError, match="datastore 'landing', which this run does not have configured"):
+        alone.resolve_input_ref("numbers", "parent-run", ["child", "parent-run"])
+
+
 # --- re-execution reads the inputs of the run it re-executes ------------------------------------
 PREP = """
 import sys

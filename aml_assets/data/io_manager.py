@@ -27,6 +27,7 @@ the data changed since: reading new bytes under the old content hash would poiso
 """
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from dagster import (
@@ -95,6 +96,38 @@ class DatastoreIOManager(ConfigurableIOManager):
     """Stores dataset references on the workspace datastore; registers dataset versions."""
 
     datastore: ResourceDependency[Datastore]
+    #: The workspace datastore's resource key; the resource keys of the other datastores, held
+    #: in the fields ``source_store_<i>`` of ``with_datastores``' subclass (a recorded
+    #: reference is checked on the store it is on).
+    datastore_key: str = "workspace"
+    other_keys: list[str] = []
+
+    @staticmethod
+    def with_datastores(workspace_key: str, stores: Mapping[str, Datastore]) -> "DatastoreIOManager":
+        """The IO manager of a pipeline whose sources may be on several datastores.
+
+        Each other datastore becomes a nested resource field of a subclass made here: Dagster
+        builds nested resources field by field (a ``dict`` of resources would be flattened to the
+        base class's config and lose the subclass's fields, such as a folder or a container).
+        """
+        others = sorted(key for key in stores if key != workspace_key)
+        if not others:
+            return DatastoreIOManager(datastore=stores[workspace_key], datastore_key=workspace_key)
+        fields = {f"source_store_{i}": ResourceDependency[Datastore] for i in range(len(others))}
+        cls = type("DatastoreIOManagerWithSources", (DatastoreIOManager,), {"__annotations__": fields})
+        return cls(
+            datastore=stores[workspace_key],
+            datastore_key=workspace_key,
+            other_keys=others,
+            **{f"source_store_{i}": stores[key] for i, key in enumerate(others)},
+        )
+
+    def _store_for(self, key: str) -> Datastore | None:
+        if key == self.datastore_key:
+            return self.datastore
+        if key in self.other_keys:
+            return getattr(self, f"source_store_{self.other_keys.index(key)}", None)
+        return None
 
     def handle_output(self, context: OutputContext, obj: DatasetRef) -> None:
         if not isinstance(obj, DatasetRef):
@@ -172,7 +205,13 @@ class DatastoreIOManager(ConfigurableIOManager):
         return ref, where
 
     def _check_unchanged(self, asset: str, ref: DatasetRef, where: str) -> None:
-        store = self.datastore
+        store = self._store_for(ref.datastore)
+        if store is None:
+            raise DatasetError(
+                f"Dataset '{asset}' is on datastore '{ref.datastore}', which this run does not "
+                "have configured, so its recorded reference cannot be checked; configure that "
+                "datastore, or start a new run of the pipeline instead of a re-execution."
+            )
         cache = open_stat_cache() if store.local_path(ref.path) is not None else None
         try:
             now = manifest_digest(store.manifest(ref.path, cache))

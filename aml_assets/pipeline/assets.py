@@ -77,7 +77,9 @@ def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel
         executor=executor,
         resources={
             **resources,
-            IO_MANAGER_KEY: DatastoreIOManager(datastore=resources[pipeline.datastore]),
+            IO_MANAGER_KEY: DatastoreIOManager.with_datastores(
+                pipeline.datastore, {k: r for k, r in resources.items() if isinstance(r, Datastore)}
+            ),
             RUN_SETTINGS_KEY: pipeline.settings_resource(resources),
         },
     )
