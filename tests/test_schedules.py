@@ -526,14 +526,26 @@ DEFS = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {repo!r})  # the test module's pipeline, also for code servers started by the test
-from aml_assets import LocalDatastore, LocalProcessCluster
-from tests.test_schedules import watcher_pipeline
+from aml_assets import LocalProcessCluster
+from tests.test_schedules import watcher_pipeline, workspace_store
 
 HERE = Path(__file__).parent
 defs = watcher_pipeline(HERE / "code").to_definitions(
-    {{"workspace": LocalDatastore(root=str(HERE / "datastore")), "cpucluster": LocalProcessCluster()}}
+    {{"workspace": workspace_store(HERE), "cpucluster": LocalProcessCluster()}}
 )
 """
+
+
+def workspace_store(project: Path):
+    """The daemon test's workspace datastore: Azurite when the test set its container (the
+    run worker and the code servers read the same variables), else a local folder."""
+    container = os.environ.get("AML_TEST_TRIGGER_CONTAINER")
+    if container:
+        from aml_assets.data.azure import AzureBlobDatastore
+
+        return AzureBlobDatastore(name="workspace", container=container,
+                                  connection_string=EnvVar("AML_TEST_TRIGGER_CS"), prefix="aml")
+    return LocalDatastore(name="workspace", root=str(project / "datastore"))
 
 INSTANCE = """
 run_coordinator:
@@ -575,8 +587,33 @@ def _wait(predicate, timeout: float, what: str, log: Path):
     raise AssertionError(f"timed out waiting for {what}; daemon log:\n{log.read_text()[-4000:]}")
 
 
+@pytest.fixture(params=["local", "azurite"])
+def watched_store(request, tmp_path, monkeypatch):
+    """(where files land, how to drop one) on a local folder and on Azurite."""
+    if request.param == "azurite":
+        azurite = request.getfixturevalue("azurite")
+        container = f"t{uuid.uuid4().hex[:16]}"
+        azurite.create_container(container)
+        monkeypatch.setenv("AML_TEST_TRIGGER_CONTAINER", container)
+        monkeypatch.setenv("AML_TEST_TRIGGER_CS", azurite.connection_string)
+    else:
+        monkeypatch.delenv("AML_TEST_TRIGGER_CONTAINER", raising=False)
+    store = workspace_store(tmp_path / "proj")
+
+    def drop(rel: str, data: bytes) -> None:
+        local = store.local_path(rel)
+        if local is not None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(data)
+        else:  # a blob is committed in one call: listed only once complete
+            store.filesystem().pipe_file(store.path(rel), data)
+
+    return store, drop
+
+
 @pytest.mark.slow
-def test_daemon_starts_one_run_for_a_dropped_file_and_none_after_a_restart(tmp_path, monkeypatch):
+def test_daemon_starts_one_run_for_a_dropped_file_and_none_after_a_restart(tmp_path, monkeypatch, watched_store):
+    store, drop = watched_store
     project = tmp_path / "proj"
     project.mkdir()
     repo_root = Path(__file__).resolve().parent.parent
@@ -587,7 +624,6 @@ def test_daemon_starts_one_run_for_a_dropped_file_and_none_after_a_restart(tmp_p
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(INSTANCE)
-    store = LocalDatastore(name="workspace", root=str(project / "datastore"))
     pipeline = watcher_pipeline(project / "code")
     trigger = Schedule.create(
         "on_landing", pipeline=pipeline, experiment_name="incoming", store=store, datastore="workspace",
@@ -616,10 +652,8 @@ def test_daemon_starts_one_run_for_a_dropped_file_and_none_after_a_restart(tmp_p
                         for t in instance.get_ticks(s.instigator_origin_id, s.selector_id)]
 
             _wait(trigger_ticks, 90, "the trigger's first evaluation", log)
-            dropped = project / "datastore" / "landing" / "2026" / "batch.csv"
-            dropped.parent.mkdir(parents=True)
-            (dropped.parent / "batch.csv.tmp").write_text("a\n1\n")
-            dropped.write_text("a\n1\n")
+            drop("landing/2026/batch.csv.tmp", b"a\n1\n")  # a partial upload's name: ignored
+            drop("landing/2026/batch.csv", b"a\n1\n")
             dropped_at = time.monotonic()
 
             def trigger_runs():
