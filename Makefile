@@ -57,6 +57,7 @@ bench: install-test
 	$(BIN)/python bench/helper_edit.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/rerun.py
+	$(BIN)/python bench/service.py
 
 lint: install
 	$(BIN)/ruff check aml_assets amlrun tests bench definitions.py resources code

@@ -419,26 +419,18 @@ def trigger_sensor(record: ScheduleRecord, job: str, store: Datastore) -> Sensor
     def evaluate(context):
         watched: Datastore = getattr(context.resources, key)
         cursor = TriggerCursor.parse(context.cursor)
-        scan = scan_changes(
-            watched,
-            record.path_on_datastore,
-            cursor.files,
-            now=time.time(),
-            settle_seconds=record.settle_seconds,
-            baseline_before=record.created_at.timestamp() if cursor.first else None,
-        )
+        baseline = record.created_at.timestamp() if cursor.first else None
+
+        def look(seen: Mapping[str, list[str]]) -> Scan:
+            return scan_changes(watched, record.path_on_datastore, seen, now=time.time(),
+                                settle_seconds=record.settle_seconds, baseline_before=baseline)
+
+        scan = look(cursor.files)
         if scan.pending and record.settle_seconds <= _SETTLE_WAIT_LIMIT:
             # Files still settling would otherwise wait a whole polling interval (Dagster's
             # sensor loop is >= 5 s): wait out the short settle window in this tick, look again.
             time.sleep(record.settle_seconds)
-            again = scan_changes(
-                watched,
-                record.path_on_datastore,
-                scan.files,
-                now=time.time(),
-                settle_seconds=record.settle_seconds,
-                baseline_before=record.created_at.timestamp() if cursor.first else None,
-            )
+            again = look(scan.files)
             scan = Scan(again.files, [*scan.changed, *again.changed], again.pending)
         next_cursor = TriggerCursor(scan.files).serialize()
         if not scan.changed:
