@@ -31,13 +31,10 @@ INSTANCE := $(BIN)/python -m aml_assets.service.instance "$(DAGSTER_HOME)" --def
 
 run ui serve: export DAGSTER_HOME := $(DAGSTER_HOME)
 
+# Ends with the run's summary: each step ran (why) or reused, registered versions, metrics, paths.
 run: install
 	$(INSTANCE)
 	$(BIN)/aml-assets run -f definitions.py -j synapse_pipeline
-	@echo "--- registered datasets ---"
-	@$(BIN)/aml-assets datasets list
-	@echo "--- why train did (or did not) run ---"
-	@$(BIN)/aml-assets explain train
 
 ui: install
 	$(INSTANCE)

@@ -94,7 +94,11 @@ def build_pipeline(project_dir: Path = HERE) -> Pipeline:
             "--n_estimators", n_estimators,
         ],
         compute_target="cpucluster",
-        environment=Environment(packages=("scikit-learn", "pandas", "pyarrow")),
+        # Its own environment (built by uv from its cache, content-addressed, shared by every
+        # run): bump a pin and only train reruns, "environment changed: scikit-learn A -> B".
+        environment=Environment(
+            name="train", pip=("scikit-learn==1.9.1", "pandas==2.3.3", "pyarrow==26.0.1")
+        ),
         description="Train a survival classifier on the cpucluster.",
     )
 

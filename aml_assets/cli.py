@@ -116,6 +116,8 @@ def _warn_malformed(registry: DatasetRegistry) -> None:
 def cmd_datasets(args: argparse.Namespace, out) -> int:
     from aml_assets.data.registry import DatasetRegistry
 
+    if args.action == "upload":
+        return _upload(args, out)
     registry = DatasetRegistry(_datastore(args))
     try:
         if args.action == "list":
@@ -146,6 +148,44 @@ def cmd_datasets(args: argparse.Namespace, out) -> int:
             )
     finally:
         _warn_malformed(registry)
+    return 0
+
+
+def _upload(args: argparse.Namespace, out) -> int:
+    """Copy a local file, or a folder's files, onto the workspace datastore (``upload_files``)."""
+    from aml_assets.data.datastore import check_relative_path
+
+    store = _datastore(args)
+    local = Path(args.local_path)
+    folder = check_relative_path(store.name, args.to) if args.to else ""
+    if local.is_dir():
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        if not files:
+            raise AmlAssetsError(f"Folder '{local}' has no files to upload.")
+        parents = [f.relative_to(local).parent.as_posix() for f in files]
+        targets = [(f, "/".join(x for x in (folder, parent) if x not in ("", ".")))
+                   for f, parent in zip(files, parents, strict=True)]
+    elif local.is_file():
+        targets = [(local, folder)]
+    else:
+        raise AmlAssetsError(f"Cannot upload '{local}': no such file or folder.")
+    # Every refusal before the first byte is copied: a folder is uploaded whole or not at all.
+    there = [f"{t}/{p.name}" if t else p.name for p, t in targets]
+    there = [rel for rel in there if store.exists(rel)] if not args.overwrite else []
+    if there:
+        raise AmlAssetsError(
+            f"Datastore '{store.name}' already has {', '.join(there[:3])}"
+            f"{' and more' if len(there) > 3 else ''} ({store.uri()}); pass --overwrite to replace "
+            "(steps reading a replaced file rerun: its content is part of their fingerprint)."
+        )
+    for path, target in targets:
+        rel = f"{target}/{path.name}" if target else path.name
+        if target:
+            store.upload_files([path], target, overwrite=True)
+        else:  # the datastore's root: upload_files wants a folder
+            store.write_bytes(rel, path.read_bytes())
+        print(f"Uploaded {path} to {store.uri(rel)}", file=out)
+    print(f"{len(targets)} file(s) on datastore '{store.name}' ({store.uri()}).", file=out)
     return 0
 
 
@@ -383,6 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a local datastore folder; default: the workspace datastore ($AML_DATASTORE=azure "
         "for Azure Blob, else $AML_DATASTORE_ROOT or the platform's data folder)",
     )
+    parser.add_argument(
+        "--traceback", action="store_true",
+        help="on an error (an invalid pipeline, a bad request), also print the Python traceback",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser("explain", help="why a step did or did not reuse its outputs")
@@ -392,8 +436,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--list", action="store_true", help="list the step's recorded runs")
     ex.set_defaults(func=cmd_explain)
 
-    ds = sub.add_parser("datasets", help="registered datasets")
+    ds = sub.add_parser("datasets", help="registered datasets; upload data to the datastore")
     ds_sub = ds.add_subparsers(dest="action", required=True)
+    up = ds_sub.add_parser(
+        "upload",
+        help="copy a local file (or a folder's files) onto the workspace datastore, where source "
+        "datasets read it",
+    )
+    up.add_argument("local_path", help="a local file or folder")
+    up.add_argument("--to", metavar="FOLDER", default="",
+                    help="the folder on the datastore (default: its root), e.g. --to sales")
+    up.add_argument("--overwrite", action="store_true", help="replace files that are already there")
     ds_sub.add_parser("list", help="every registered dataset with its versions")
     show = ds_sub.add_parser("show", help="one version's record (latest by default)")
     show.add_argument("name")
@@ -516,6 +569,20 @@ def build_parser() -> argparse.ArgumentParser:
                          ("delete", "remove it (its run history stays)")):
         sc_sub.add_parser(action, help=text).add_argument("name")
     sc.set_defaults(func=cmd_schedules)
+
+    en = sub.add_parser("env", help="per-step Python environments: list, build ahead of a run, prune")
+    en_sub = en.add_subparsers(dest="action", required=True)
+    en_sub.add_parser("list", help="built environments: key, Python, packages, size, last use")
+    eb = en_sub.add_parser("build", help="resolve and build the environments a pipeline's steps declare")
+    eb.add_argument("-f", "--file", default="definitions.py", help="definitions file (default definitions.py)")
+    eb.add_argument("-j", "--job", help="the pipeline (job); default: the file's only one")
+    eb.add_argument("--step", help="only this step's environment")
+    ep = en_sub.add_parser(
+        "prune", help="remove environments unused for N days, incomplete ones, leftovers of killed builds"
+    )
+    ep.add_argument("--older-than-days", type=float, default=30.0, help="default 30")
+    ep.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    en.set_defaults(func=cmd_env)
 
     sv = sub.add_parser("serve", help="the HTTP API of published pipelines alone (loopback by default)")
     sv.add_argument("--workspace", default="workspace.yaml")
@@ -734,6 +801,25 @@ def cmd_submit(args: argparse.Namespace, out) -> int:
     return cli_submit(args, out)
 
 
+def cmd_env(args: argparse.Namespace, out) -> int:
+    """``aml-assets env list | build | prune``: per-step Python environments."""
+    from aml_assets.compute.environments import cli_env
+
+    if args.action != "build":
+        return cli_env(args, out)
+    pipeline = _load_pipeline(args.file, args.job)
+    steps = [(s.name, s.effective_environment()) for s in pipeline.steps]  # the pipeline default applied
+    if args.step is not None:
+        names = [name for name, _ in steps]
+        if args.step not in names:
+            raise AmlAssetsError(
+                f"Pipeline '{pipeline.name}' has no step '{args.step}' (its steps: {', '.join(names)})."
+            )
+        steps = [(n, e) for n, e in steps if n == args.step]
+    # Locks are recorded on the workspace datastore, so every machine builds the same packages.
+    return cli_env(args, out, steps=steps, store=_datastore(args))
+
+
 def cmd_serve(args: argparse.Namespace, out) -> int:
     """The HTTP API alone (``up`` starts it with the UI and the daemon)."""
     from aml_assets.service.api import cli_serve
@@ -775,6 +861,10 @@ def main(argv: Sequence[str] | None = None, out=None) -> int:
     try:
         return args.func(args, out)
     except AmlAssetsError as exc:
+        if args.traceback:
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

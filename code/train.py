@@ -7,9 +7,11 @@ Run it on its own (offline) with:
 import argparse
 import json
 import pickle
+import sys
 from pathlib import Path
 
 import pandas as pd
+import sklearn
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
@@ -26,6 +28,8 @@ parser.add_argument("--test_size", type=float, default=0.2)
 args = parser.parse_args()
 
 run = Run.get_context()
+# Which environment the step ran in, in its log.
+print(f"python {sys.version.split()[0]}; scikit-learn {sklearn.__version__}, pandas {pd.__version__}")
 files = sorted(p for p in Path(args.prepared).rglob("*.parquet"))
 data = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 print(f"training on {len(data)} rows")

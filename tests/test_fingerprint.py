@@ -105,7 +105,7 @@ def test_fingerprint_changes_with_each_component_and_explains_it():
         "script code/train.py changed": StepFingerprint(**{**base.__dict__, "code": {"train.py": "2"}}),
         "input data changed": StepFingerprint(**{**base.__dict__, "inputs": {"data": "h2"}}),
         "parameter n changed (1 -> 2)": StepFingerprint(**{**base.__dict__, "parameters": {"n": 2}}),
-        "environment python changed ('3.11' -> '3.12')": StepFingerprint(**{**base.__dict__, "environment": {"python": "3.12"}}),
+        "environment changed: python 3.11 -> 3.12": StepFingerprint(**{**base.__dict__, "environment": {"python": "3.12"}}),
         "settings kind changed ('python' -> 'spark')": StepFingerprint(**{**base.__dict__, "settings": {"kind": "spark"}}),
         "arguments changed (['--x'] -> ['--y'])": StepFingerprint(**{**base.__dict__, "arguments": ["--y"]}),
     }

@@ -105,7 +105,17 @@ class StepLaunch:
     log: Any
     timeout_seconds: float | None = None
     dagster_context: Any = None
+    #: The interpreter that runs the script (None: this process's).
     python: str | None = None
+    #: Whether ``python`` is an isolated environment's: the script then sees only that
+    #: environment's packages, plus ``amlrun`` (no inherited ``PYTHONPATH``).
+    isolated: bool = False
+    #: The environment's ``env_vars``, set in the script's environment (never over aml-assets'
+    #: own control variables, see ``reserved_env_var``).
+    env_vars: dict[str, str] = field(default_factory=dict)
+    #: For a Spark step in an isolated environment: the Python its executors' workers run
+    #: (``SparkContext.pythonExec``, i.e. ``spark.pyspark.python``), on a local pool only.
+    spark_python: str | None = None
     spark_conf: dict[str, str] = field(default_factory=dict)
     #: Saved data delivered in place (mount/direct inputs): the script must not be able to change it.
     readonly_paths: list[str] = field(default_factory=list)
@@ -158,6 +168,70 @@ def launcher_path() -> str:
     return str(Path(amlrun_root()) / "amlrun" / "launch.py")
 
 
+#: Variables aml-assets sets for a step's script itself: an environment's ``env_vars`` never
+#: override them (a pipeline's validation refuses them, and the launcher sets them last).
+_RESERVED_ENV_VARS = frozenset(
+    {
+        "PYTHONPATH",
+        "PYTHONSAFEPATH",
+        "PYTHONUNBUFFERED",
+        "PYTHONHOME",
+        "PYTHONNOUSERSITE",
+        "VIRTUAL_ENV",
+        "PYSPARK_PYTHON",
+        "PYSPARK_DRIVER_PYTHON",
+    }
+)
+_RESERVED_ENV_PREFIXES = ("AML_", "DAGSTER_PIPES_")
+
+
+def reserved_env_var(name: str) -> bool:
+    """Whether ``name`` is one of aml-assets' control variables (``AML_*``, the Pipes
+    bootstrap, the interpreter's search path), which an environment's env_vars cannot set."""
+    return name in _RESERVED_ENV_VARS or name.startswith(_RESERVED_ENV_PREFIXES) or name == CONTEXT_ENV
+
+
+def _user_env_vars(launch: StepLaunch) -> dict[str, str]:
+    """The environment's ``env_vars`` that are not control variables (those are skipped)."""
+    return {k: str(v) for k, v in launch.env_vars.items() if not reserved_env_var(k)}
+
+
+def _runtime_path(workdir: Path) -> str:
+    """A folder holding only ``amlrun`` (and ``aml_assets``, for its read-only view of the
+    inputs), for an isolated environment's ``PYTHONPATH``: putting the folder that holds
+    ``amlrun`` itself there could expose every package of this process's environment (an
+    installed, non-editable aml-assets lives in site-packages)."""
+    import aml_assets
+
+    runtime = workdir / "amlrun-path"
+    runtime.mkdir(exist_ok=True)
+    packages = {
+        "amlrun": Path(amlrun_root()) / "amlrun",
+        "aml_assets": Path(aml_assets.__file__).resolve().parent,
+    }
+    for name, package in packages.items():
+        link = runtime / name
+        if not link.exists():
+            link.symlink_to(package, target_is_directory=True)
+    return str(runtime)
+
+
+def _interpreter_env(launch: StepLaunch) -> dict[str, str]:
+    """``PYTHONPATH`` (and, in an isolated environment, ``VIRTUAL_ENV`` and ``PATH``) for the
+    script process: it imports ``amlrun``; in an isolated environment, nothing else of ours."""
+    if not launch.isolated or launch.python is None:
+        return {"PYTHONPATH": os.pathsep.join(p for p in (amlrun_root(), os.environ.get("PYTHONPATH")) if p)}
+    bin_dir = Path(launch.python).parent
+    path = launch.env_vars.get("PATH") or full_environ().get("PATH", os.defpath)
+    return {
+        "PYTHONPATH": _runtime_path(launch.workdir),
+        # Tools the script starts (python, pip, a console script) are the environment's.
+        "VIRTUAL_ENV": str(bin_dir.parent),
+        "PATH": os.pathsep.join([str(bin_dir), path]),
+        "PYTHONNOUSERSITE": "1",
+    }
+
+
 def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any]:
     """Run the script as a process on ``cluster`` under Dagster Pipes; returns its metrics.
 
@@ -180,6 +254,8 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
     ) as session:
         env = {
             **full_environ(),
+            # The environment's variables, then ours: they never override a control variable.
+            **_user_env_vars(launch),
             **session.get_bootstrap_env_vars(),
             CONTEXT_ENV: str(ctx_file),
             "PYTHONUNBUFFERED": "1",
@@ -187,7 +263,7 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
             # itself, after its own imports, so a script named like a stdlib module (copy.py)
             # cannot break the launcher.
             "PYTHONSAFEPATH": "1",
-            "PYTHONPATH": os.pathsep.join(p for p in (amlrun_root(), os.environ.get("PYTHONPATH")) if p),
+            **_interpreter_env(launch),
             "AML_SOURCE_DIRECTORY": str(launch.source_directory),
         }
         env = {**step_env(env, launch.secrets, launch.datastore_credentials), **protect_env}
@@ -314,7 +390,7 @@ def _run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]
         # the datastore credentials in its environment too.
         with _contained(launch), pool.step_session(
             launch.log, launch.spark_conf, launch.step
-        ) as session, watchdog.on(session), _registered(
+        ) as session, _executor_python(session, launch), watchdog.on(session), _registered(
             launch.run_id(), watchdog.interrupt
         ), in_process_run(run), pool.script_environment():
             runpy.run_path(str(launch.script), run_name="__main__")
@@ -349,6 +425,35 @@ def _run_spark_in_process(pool: SparkPool, launch: StepLaunch) -> dict[str, Any]
         raise launch.timeout_error()
     _check_inputs_unchanged(launch, inputs_before)
     return launch.redactor().value(metrics)
+
+
+@contextlib.contextmanager
+def _executor_python(session: Any, launch: StepLaunch):
+    """While a Spark step in an isolated environment runs: its executors' Python workers run
+    the environment's interpreter (``SparkContext.pythonExec``, what ``spark.pyspark.python``
+    sets when a context starts). Only an in-process session on a local master runs its workers
+    on this machine, where the environment is; anything else is refused before the script."""
+    if launch.spark_python is None:
+        yield
+        return
+    in_process = not type(session).__module__.startswith("pyspark.sql.connect")
+    master = session.sparkContext.master if in_process else ""
+    if not in_process or not master.startswith("local"):
+        where = "a Spark Connect server" if not in_process else f"master {master}"
+        raise ComputeTargetError(
+            f"Spark step '{launch.step}' declares an isolated environment, but its pool runs on "
+            f"{where}, whose Python workers cannot use an environment built on this machine. "
+            "Use a local pool (master='local[...]', no remote= or warm pool), or drop the "
+            "step's environment and install its packages on every worker (see README, "
+            "'Per-step environments')."
+        )
+    context = session.sparkContext
+    saved = context.pythonExec
+    context.pythonExec = launch.spark_python
+    try:
+        yield
+    finally:
+        context.pythonExec = saved
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ _snapshots/trees/<digest>.json                   a code snapshot: relative path 
 _snapshots/pipelines/<digest>.json               a pipeline's snapshot: each step's tree and structure
 _endpoints/<name>.json                           a pipeline endpoint: its versions and default version
 _schedules/<name>.json                           a schedule or data-change trigger
+_environments/locks/<request_digest>.json        the recorded lock of a step environment request
 ```
 
 The ledger, the registry, the IO manager and gc all use these helpers, so the layout is written
@@ -37,6 +38,7 @@ PUBLISHED = "_published"
 SNAPSHOTS = "_snapshots"
 ENDPOINTS = "_endpoints"
 SCHEDULES = "_schedules"
+ENVIRONMENTS = "_environments"
 
 
 _VERSION_WIDTH = 6  # zero-padded, so a listing sorts by version
@@ -188,13 +190,18 @@ def schedule_record(name: str) -> str:
     return f"{SCHEDULES}/{name}.json"
 
 
+def environment_lock_record(request_digest: str) -> str:
+    """The lock recorded for an environment request, so a rerun next month resolves the same."""
+    return f"{ENVIRONMENTS}/locks/{request_digest}.json"
+
+
 def is_protected(rel: str) -> bool:
     """Whether a datastore-relative path holds records only aml-assets may write or delete:
-    anything under ``steps/``, ``_published/``, ``_snapshots/``, ``_endpoints/``, ``_schedules/``, and the version and tombstone records under ``datasets/<name>/``
+    anything under ``steps/``, ``_published/``, ``_snapshots/``, ``_endpoints/``, ``_schedules/``, ``_environments/``, and the version and tombstone records under ``datasets/<name>/``
     (a user's own data in a folder named ``datasets`` stays theirs)."""
     parts = PurePosixPath(rel).parts if rel else ()
     if not parts:
         return False
-    if parts[0] in (STEPS, PUBLISHED, SNAPSHOTS, ENDPOINTS, SCHEDULES):
+    if parts[0] in (STEPS, PUBLISHED, SNAPSHOTS, ENDPOINTS, SCHEDULES, ENVIRONMENTS):
         return True
     return parts[0] == DATASETS and len(parts) >= 3 and parts[2] in ("versions", "tombstones")

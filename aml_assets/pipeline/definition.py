@@ -6,9 +6,12 @@ execute`` and the UI refuse an invalid pipeline up front) and reports every prob
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
+import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from dagster import (
@@ -19,6 +22,8 @@ from dagster import (
 from pydantic import Field, create_model, model_validator
 
 from aml_assets.compute.cluster import CpuCluster
+from aml_assets.compute.environments import Environment
+from aml_assets.compute.launch import reserved_env_var
 from aml_assets.compute.spark import SparkPool, memory_string_problem
 from aml_assets.data.datasets import OutputDataset, SourceDataset
 from aml_assets.data.datastore import Datastore, check_relative_path
@@ -101,9 +106,18 @@ class Pipeline:
         steps: Sequence[Step],
         description: str | None = None,
         datastore: str = "workspace",
+        environment: Environment | None = None,
     ):
         self.name = name
-        self.steps = list(steps)
+        #: The environment of every step that declares none (``Step.environment``).
+        self.environment = environment
+        # Such a step is copied with the pipeline's environment, so a step shared by two
+        # pipelines runs in each one's default.
+        self.steps = [
+            dataclasses.replace(s, environment=environment)
+            if environment is not None and s.environment is None else s
+            for s in steps
+        ]
         self.description = description
         self.datastore = datastore
         #: The resources of the last ``to_definitions`` call (None before): publishing uses them.
@@ -288,6 +302,7 @@ class Pipeline:
                 out.append(f"{where}: output name '{o.name}' is not valid; use letters, digits and underscores")
         if not step.all_outputs():
             out.append(f"{where} has no outputs; pass an OutputDataset in its arguments or outputs=")
+        out.extend(_environment_problems(step, where))
         if isinstance(step, SynapseSparkStep):
             for label in ("driver_memory", "executor_memory"):
                 value = getattr(step, label)
@@ -306,6 +321,13 @@ class Pipeline:
                 out.append(
                     f"{where} is a {step.kind} step but compute target '{step.compute_target}' is a "
                     f"{type(target).__name__}; use a {wanted.__name__}"
+                )
+            elif isinstance(target, SparkPool) and step.effective_environment().isolated and not target.is_local():
+                out.append(
+                    f"{where} declares an isolated environment, but Spark pool "
+                    f"'{step.compute_target}' runs its Python workers elsewhere (a cluster or a "
+                    "Spark Connect server), where an environment built here does not exist; use a "
+                    "local pool, or drop the environment and install its packages on every worker"
                 )
         return out
 
@@ -457,3 +479,42 @@ def _reserved(name: str) -> bool:
 
 def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
+
+
+_VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
+
+
+def _environment_problems(step: Step, where: str) -> list[str]:
+    """What is wrong with a step's declared environment, found before anything runs."""
+    env = step.environment
+    if env is None:
+        return []
+    out = []
+    if env.requirements_file is not None and not Path(env.requirements_file).is_file():
+        out.append(
+            f"{where}: requirements file '{env.requirements_file}' of its environment does not "
+            "exist; fix Environment(requirements_file=...)"
+        )
+    python = env.python
+    if python and python[0].isdigit() and not _VERSION.match(python):
+        out.append(
+            f"{where}: environment python '{python}' is not a Python version; use one like '3.11'"
+        )
+    elif python and not python[0].isdigit() and not (shutil.which(python) or Path(python).is_file()):
+        out.append(
+            f"{where}: environment python '{python}' is neither a Python version (like '3.11') nor "
+            "an interpreter found on PATH"
+        )
+    for name, _ in env.env_vars:
+        if reserved_env_var(name):
+            out.append(
+                f"{where}: environment variable '{name}' is one aml-assets sets for the script "
+                "itself (AML_*, DAGSTER_PIPES_*, the interpreter's PYTHON* and VIRTUAL_ENV); "
+                "use another name"
+            )
+    if step.kind == "spark" and env.env_vars:
+        out.append(
+            f"{where}: a Spark step's script runs in the Dagster process, so its environment "
+            "cannot set env_vars; set spark.executorEnv.NAME in the step's conf for executors"
+        )
+    return out

@@ -20,12 +20,14 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from aml_assets.compute import environments
 from aml_assets.compute.cluster import CpuCluster
 from aml_assets.compute.launch import StepLaunch, run_script_process, run_spark_in_process
 from aml_assets.compute.spark import SparkPool, is_speed_only
 from aml_assets.data.content import StatCache
 from aml_assets.data.datasets import DatasetInput, DatasetRef, InputMode, OutputDataset
 from aml_assets.data.datastore import Datastore, default_work_dir
+from aml_assets.errors import ComputeTargetError
 from aml_assets.pipeline.parameters import PipelineParameter
 from aml_assets.pipeline.steps import Step, SynapseSparkStep
 from aml_assets.reuse.attempt import Attempt
@@ -68,6 +70,8 @@ class StepExecution:
     dagster_context: Any = None
     #: Secret values of the datastores the step can reach: kept out of its process and output.
     secrets: list[str] = field(default_factory=list)
+    #: The step's isolated environment, resolved once per execution (``resolved_environment``).
+    _resolved: environments.ResolvedEnvironment | None = field(default=None, init=False, repr=False)
 
     # --- fingerprint -----------------------------------------------------------------------
     def symbolic_arguments(self) -> list[str]:
@@ -84,13 +88,44 @@ class StepExecution:
                 out.append(f"{type(arg).__name__}:{arg}")
         return out
 
+    def resolved_environment(self) -> environments.ResolvedEnvironment | None:
+        """The step's isolated environment resolved to its lock (None: not isolated).
+
+        Resolved once per execution; the lock is recorded on the workspace datastore, so every
+        machine and run gets the same one until the request changes (or ``refresh=True``).
+        Nothing is built here: a reused step never builds its environment.
+        """
+        declared = self.step.effective_environment()
+        if not declared.isolated:
+            return None
+        if self._resolved is None:
+            self._resolved = environments.resolve(
+                declared, store=self.datastore, step=self.step.name, log=self.log
+            )
+        return self._resolved
+
     def environment(self) -> dict[str, Any]:
-        """Interpreter and declared packages; for Spark steps, the Spark version too."""
-        env: dict[str, Any] = {"python": platform.python_version()}
-        if self.step.environment.python:
-            env["python"] = _interpreter_version(self.step.environment.python)
-        for package in self.step.environment.packages:
-            env[f"package {package}"] = _package_version(package)
+        """The interpreter and packages the script runs with; for Spark steps, the Spark
+        version too. An isolated environment contributes its resolved lock: its Python, the
+        lock's key, every package's version and its env_vars."""
+        declared = self.step.effective_environment()
+        resolved = self.resolved_environment()
+        env: dict[str, Any]
+        if resolved is not None:
+            env = {
+                "python": resolved.python_version,
+                "lock": resolved.key,
+                "packages": dict(resolved.packages),
+                "env_vars": dict(resolved.env_vars),
+            }
+        else:
+            env = {"python": platform.python_version()}
+            if declared.python:
+                env["python"] = _interpreter_version(declared.python)
+            for package in declared.packages:
+                env[f"package {package}"] = _package_version(package)
+            if declared.env_vars:
+                env["env_vars"] = dict(declared.env_vars)
         if self.step.kind == "spark":
             env["pyspark"] = _package_version("pyspark")
         return env
@@ -249,8 +284,52 @@ class StepExecution:
             metrics=dict(commit.metrics),
         )
 
+    def _interpreter(self) -> tuple[str | None, bool]:
+        """The interpreter the step runs with (None: this process's), and whether it is an
+        isolated environment's, built now if it is not yet (only a step that runs builds).
+
+        A Spark step's script runs in this process: its environment is its executors'
+        (``StepLaunch.spark_python``), checked against this process first.
+        """
+        declared = self.step.effective_environment()
+        resolved = self.resolved_environment()
+        if resolved is None:
+            return declared.python, False
+        if self.step.kind == "spark":
+            self._check_spark_driver(declared, resolved)
+        return str(environments.ensure_built(resolved, step=self.step.name, log=self.log)), True
+
+    def _check_spark_driver(
+        self, declared: environments.Environment, resolved: environments.ResolvedEnvironment
+    ) -> None:
+        """Refuse a Spark step whose driver (this process) cannot match its environment: the
+        same Python minor version (PySpark refuses workers of another), and the packages the
+        step asks for at the same versions (the script imports them here)."""
+        problems = []
+        if resolved.python_version.split(".")[:2] != platform.python_version().split(".")[:2]:
+            problems.append(
+                f"python {resolved.python_version} in the environment, {platform.python_version()} "
+                "in the Dagster process (PySpark needs the same minor version on both sides)"
+            )
+        for name in _requested_names(declared):
+            wanted, here = resolved.packages.get(name), _package_version(name)
+            if wanted is not None and wanted != here:
+                problems.append(f"{name} {wanted} in the environment, {here} in the Dagster process")
+        if problems:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            raise ComputeTargetError(
+                f"Spark step '{self.step.name}' runs its script in the Dagster process (in-process "
+                f"Spark), which cannot switch interpreters; only its executors use the step's "
+                f"environment, and the two differ:\n{lines}\nFix: install those versions in the "
+                "environment that runs Dagster (the driver side is yours to install), or move "
+                "the code that needs them into a PythonScriptStep."
+            )
+
     def _run_and_publish(self, ledger: StepLedger, digest: str, components: dict[str, Any]) -> Commit:
         step = self.step
+        # Before anything else: a failed build fails the step before its script starts, with
+        # nothing staged or published.
+        python, isolated = self._interpreter()
         workdir = Path(tempfile.mkdtemp(prefix=f"aml-{step.name}-inputs-", dir=default_work_dir()))
         try:
             with Attempt(
@@ -276,7 +355,10 @@ class StepExecution:
                     log=self.log,
                     timeout_seconds=step.timeout_seconds or self.compute.default_timeout_seconds,
                     dagster_context=self.dagster_context,
-                    python=step.environment.python,
+                    python=None if step.kind == "spark" else python,
+                    isolated=isolated and step.kind != "spark",
+                    env_vars=dict(step.effective_environment().env_vars),
+                    spark_python=python if isolated and step.kind == "spark" else None,
                     spark_conf=step.spark_conf() if isinstance(step, SynapseSparkStep) else {},
                     readonly_paths=readonly,
                     secrets=self.secrets,
@@ -362,3 +444,20 @@ def _interpreter_version_cached(python: str, mtime_ns: int) -> str:
         check=True,
     )
     return out.stdout.strip()
+
+
+def _requested_names(declared: environments.Environment) -> list[str]:
+    """The projects a step's environment asks for by name (its pip= entries and requirements
+    file lines), normalized like the resolved lock's."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    names = []
+    for line in declared.requirements_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            names.append(environments.normalize_name(Requirement(line).name))
+        except InvalidRequirement:
+            continue
+    return names

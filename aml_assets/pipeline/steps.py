@@ -12,26 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from aml_assets.compute.environments import Environment
 from aml_assets.data.datasets import DatasetInput, OutputDataset
 from aml_assets.pipeline.datapath import DataPathParameter, bind_input
 from aml_assets.pipeline.parameters import PipelineParameter
 
+__all__ = ["Argument", "Environment", "PythonScriptStep", "Step", "SynapseSparkStep"]
+
 #: A DataPathParameter given directly (or as Azure's ``(param, DataPathComputeBinding)``) is
 #: bound as an input when the step is declared (``datapath.bind_input``).
 Argument = str | int | float | bool | DatasetInput | OutputDataset | PipelineParameter | DataPathParameter
-
-
-@dataclass(frozen=True)
-class Environment:
-    """The Python environment a step's script runs in.
-
-    ``packages`` are requirement names whose installed versions are part of the step's
-    fingerprint (upgrade scikit-learn and ``train`` reruns). ``python`` runs the script with
-    another interpreter; it needs ``dagster-pipes`` and ``aml-assets``' ``amlrun`` importable.
-    """
-
-    packages: tuple[str, ...] = ()
-    python: str | None = None
 
 
 @dataclass(eq=False)
@@ -49,7 +39,9 @@ class Step:
     compute_target: str = ""
     allow_reuse: bool = True
     hash_paths: list[Path | str] = field(default_factory=list)
-    environment: Environment = field(default_factory=Environment)
+    #: The Python environment the script runs in (``compute.environments``). None: the
+    #: pipeline's ``environment=``, else the interpreter running the pipeline.
+    environment: Environment | None = None
     description: str | None = None
     #: Stop the step (and publish nothing) after this many seconds; None: the compute target's
     #: ``default_timeout_seconds``.
@@ -74,6 +66,10 @@ class Step:
     def script_path(self) -> Path:
         """Absolute path of the script."""
         return Path(self.source_directory) / self.script
+
+    def effective_environment(self) -> Environment:
+        """The step's environment; ``Environment()`` (the running interpreter) when it has none."""
+        return self.environment if self.environment is not None else Environment()
 
     def all_inputs(self) -> list[DatasetInput]:
         """Inputs named in the arguments and in ``inputs=``, each once, in order."""

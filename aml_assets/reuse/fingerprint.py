@@ -130,16 +130,74 @@ def explain_difference(
             f"arguments changed ({_describe_value(old.get('arguments'))}"
             f" -> {_describe_value(new.get('arguments'))})"
         )
-    for group in ("environment", "settings"):
-        old_g, new_g = _flatten(old.get(group, {})), _flatten(new.get(group, {}))
-        if old_g == new_g and old.get(group, {}) != new.get(group, {}):
-            reasons.append(f"{group} changed")  # only in form ({} vs absent): say so anyway
-        for key in sorted(set(old_g) | set(new_g)):
-            if old_g.get(key, _UNSET) != new_g.get(key, _UNSET):
-                reasons.append(
-                    f"{_setting_label(group, key)} changed ({_describe_value(old_g.get(key, _UNSET))}"
-                    f" -> {_describe_value(new_g.get(key, _UNSET))})"
-                )
+    reasons.extend(_environment_changes(old.get("environment", {}), new.get("environment", {})))
+    old_s, new_s = _flatten(old.get("settings", {})), _flatten(new.get("settings", {}))
+    if old_s == new_s and old.get("settings", {}) != new.get("settings", {}):
+        reasons.append("settings changed")  # only in form ({} vs absent): say so anyway
+    for key in sorted(set(old_s) | set(new_s)):
+        if old_s.get(key, _UNSET) != new_s.get(key, _UNSET):
+            reasons.append(
+                f"{_setting_label('settings', key)} changed ({_describe_value(old_s.get(key, _UNSET))}"
+                f" -> {_describe_value(new_s.get(key, _UNSET))})"
+            )
     if old.get("step") != new.get("step"):
         reasons.append(f"step name changed ({old.get('step')} -> {new.get('step')})")
     return reasons
+
+
+def _packages(env: Mapping[str, Any]) -> dict[str, Any]:
+    """Package -> version of an environment component: an isolated environment's resolved
+    ``packages``, or the legacy ``package NAME`` entries of the running interpreter's."""
+    out = {k.removeprefix("package "): v for k, v in env.items() if k.startswith("package ")}
+    out.update(env.get("packages") or {})
+    return out
+
+
+def _mapping_changes(old: Mapping[str, Any], new: Mapping[str, Any], what: str = "") -> list[str]:
+    """"NAME A -> B", "added NAME B", "removed NAME A" for every entry that differs."""
+    out = []
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            out.append(f"added {what}{name} {new[name]}")
+        elif name not in new:
+            out.append(f"removed {what}{name} {old[name]}")
+        elif old[name] != new[name]:
+            out.append(f"{what}{name} {old[name]} -> {new[name]}")
+    return out
+
+
+def _environment_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """How a step's environment changed, as a user names it: "environment changed:
+    scikit-learn 1.5.2 -> 1.6.0", "environment changed: python 3.11.9 -> 3.12.4"."""
+    if old == new:
+        return []
+    changes: list[str] = []
+    if old.get("python") != new.get("python"):
+        changes.append(f"python {old.get('python', _UNSET)} -> {new.get('python', _UNSET)}")
+    if bool(old.get("lock")) != bool(new.get("lock")):
+        # Into or out of an isolated environment: every dependency differs; say it once.
+        changes.append(
+            f"now runs in its own environment (lock {str(new['lock'])[:12]})" if new.get("lock")
+            else "now runs in the pipeline's own interpreter (no isolated environment)"
+        )
+    else:
+        changes.extend(_mapping_changes(_packages(old), _packages(new)))
+        if not changes and old.get("lock") != new.get("lock"):
+            changes.append(
+                f"lock {str(old['lock'])[:12]} -> {str(new['lock'])[:12]} (same versions: the "
+                "packages' files or sources differ)"
+            )
+    changes.extend(
+        _mapping_changes(
+            {k: _describe_value(v) for k, v in (old.get("env_vars") or {}).items()},
+            {k: _describe_value(v) for k, v in (new.get("env_vars") or {}).items()},
+            "env var ",
+        )
+    )
+    known = {"python", "lock", "packages", "env_vars"}
+    others = {k for k in set(old) | set(new) if k not in known and not k.startswith("package ")}
+    changes.extend(
+        _mapping_changes({k: old[k] for k in others if k in old}, {k: new[k] for k in others if k in new})
+    )
+    # Only in form ({} vs absent): say so anyway, the fingerprint differs.
+    return [f"environment changed: {c}" for c in changes] or ["environment changed"]
