@@ -345,6 +345,29 @@ def test_a_run_refuses_a_step_whose_structure_changed_since_publishing(tmp_path,
     assert step_for_run(live, {}, datastore, LOG) is live
 
 
+def test_a_published_version_is_pinned_to_its_step_environments(tmp_path, datastore):
+    """Another pin in the live declaration is a structure change: version 1 never silently runs
+    with other packages, and publishing the change makes version 2."""
+    import dataclasses
+
+    from aml_assets import Environment
+
+    mini_project(tmp_path)
+
+    def pinned(version: str):
+        pipeline = mini_pipeline(tmp_path)
+        pipeline.steps = [dataclasses.replace(pipeline.steps[0], environment=Environment(pip=(f"six=={version}",)))]
+        return pipeline
+
+    v1 = pinned("1.16.0").publish("mini_env", datastore=datastore)
+    assert pinned("1.16.0").publish("mini_env", datastore=datastore).id == v1.id
+    problems = v1.structure_problems(pinned("1.17.0"))
+    assert len(problems) == 1 and "environment" in problems[0], problems
+    with pytest.raises(SnapshotError, match="no longer matches.*environment"):
+        step_for_run(pinned("1.17.0").steps[0], v1.run_tags(), datastore, LOG)
+    assert pinned("1.17.0").publish("mini_env", datastore=datastore).version == 2
+
+
 def test_a_tampered_snapshot_object_is_refused_and_publishing_again_repairs_it(tmp_path, datastore):
     code = mini_project(tmp_path)
     v1 = mini_pipeline(tmp_path).publish("mini", datastore=datastore)

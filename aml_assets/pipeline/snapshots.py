@@ -34,6 +34,7 @@ and runs the step from there (``step_for_run``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -102,10 +103,12 @@ def step_structure(step: Step) -> dict[str, Any]:
     """The parts of a step's declaration a published version is pinned to (JSON-able).
 
     Kind, script, symbolic arguments, inputs (with their datasets' declarations), outputs,
-    compute target and the declarations of the parameters it uses. Paths on this machine
-    (``source_directory``, ``hash_paths``, seed files) and speed-only settings are left out.
+    compute target, the declarations of the parameters it uses and its Python environment (the
+    request: pins, requirements file content, Python, env vars; a version must not silently run
+    with other packages). Paths on this machine (``source_directory``, ``hash_paths``, seed
+    files) and speed-only settings are left out.
     """
-    return _plain(
+    structure = _plain(
         {
             "kind": step.kind,
             "script": step.script,
@@ -129,6 +132,21 @@ def step_structure(step: Step) -> dict[str, Any]:
             },
         }
     )
+    env = step.effective_environment()
+    if env != type(env)():  # a step without an environment of its own keeps its old structure
+        structure["environment"] = _plain({
+            # The requirements file's content (with what it includes), not its path.
+            "requirements": _text_digest(env.requirements_text()) if env.requirements_file else None,
+            "pip": list(env.pip),
+            "packages": list(env.packages),
+            "python": env.python,
+            "env_vars": env.env_var_dict(),
+        })
+    return structure
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def parameter_structure(p: Any) -> dict[str, Any]:
