@@ -139,20 +139,20 @@ _WILDCARDS = frozenset({"0.0.0.0", "::", "[::]", "*"})
 
 
 class SparkPool(ConfigurableResource):
-    """A Synapse-style Spark pool. ``local[*]`` by default; a ``spark://`` master for a cluster.
+    """A Synapse-style Spark pool: `local[*]` by default, a `spark://` master for a cluster.
 
     The SparkSession is created on first use, so a run whose Spark steps are all reused never
-    starts a JVM. Steps on the pool share one session per process; :meth:`step_session` gives
-    each step its own settings on it.
+    starts a JVM. Steps on the pool share one session per process; `step_session` gives each
+    step its own settings on it.
 
-    A local pool (``local...`` master) listens on 127.0.0.1 only: the driver, its block manager
-    and, if ``ui_enabled``, the web UI. ``bind_address`` changes that (``0.0.0.0`` exposes it on
-    every interface). A ``spark://`` pool keeps Spark's own defaults unless ``bind_address`` is
-    set, since its executors must reach the driver over the network; a Spark Connect pool
-    (``remote=``) starts no JVM, so the server's settings apply.
+    A local pool (a `local...` master) listens on 127.0.0.1 only: the driver, its block manager
+    and, if `ui_enabled`, the web UI. `bind_address` changes that (`0.0.0.0` exposes it on every
+    interface). A `spark://` pool keeps Spark's own defaults unless `bind_address` is set, since
+    its executors must reach the driver over the network; a Spark Connect pool (`remote`)
+    starts no JVM, so the server's settings apply.
 
-    A pool without ``remote=`` uses the warm pool started for its resource key
-    (``aml-assets pool start spark01``) when one runs and was started with the pool's settings
+    A pool without `remote` uses the warm pool started for its resource key
+    (`aml-assets pool start spark01`) when one runs and was started with the pool's settings
     (any that a session cannot change, sizing and master included); else it starts its own
     session, and says why in the log.
     """

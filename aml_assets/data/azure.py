@@ -80,14 +80,13 @@ class _TunedBlobFileSystem(AzureBlobFileSystem):
 class AzureBlobDatastore(Datastore):
     """A container (and optional folder in it) on Azure Blob Storage, like an Azure ML datastore.
 
-    Give either ``connection_string`` or ``account_name`` + ``account_key`` (then ``blob_endpoint``
-    for a non-default endpoint such as Azurite). Pass secrets as ``dagster.EnvVar``.
+    Give either connection_string, or account_name and account_key (then blob_endpoint for a
+    non-default endpoint such as Azurite). Pass secrets as dagster.EnvVar.
 
-    Example:
-        .. code-block:: python
+    Example (the Dagster UI shows this text as the resource's description):
 
-            Definitions(resources={"workspace": AzureBlobDatastore(
-                container="aml", account_name="myaccount", account_key=EnvVar("AZURE_STORAGE_KEY"))})
+        Definitions(resources={"workspace": AzureBlobDatastore(
+            container="aml", account_name="myaccount", account_key=EnvVar("AZURE_STORAGE_KEY"))})
     """
 
     container: str = Field(description="Blob container that holds the data (must exist).")

@@ -39,6 +39,13 @@ _FAMILIES = {
 }
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> MetadataValue:
+    """A small markdown table, as check results show their details in the UI."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return MetadataValue.md("\n".join(lines))
+
+
 def type_matches(actual: str, expected: str) -> bool:
     """Whether an Arrow type name satisfies an expected type or family (int, float, string...)."""
     return actual == expected or actual in _FAMILIES.get(expected, ())
@@ -109,7 +116,18 @@ class ExpectedColumns(DatasetCheck):
             elif not type_matches(actual[name], expected):
                 problems.append(f"column '{name}' is {actual[name]}, expected {expected}")
         text = "; ".join(problems) or f"all {len(self.columns)} expected columns present with their types"
-        return not problems, text, {"columns": MetadataValue.json(actual)}
+        rows = [
+            (
+                f"`{name}`",
+                actual.get(name, "missing"),
+                self.columns.get(name, ""),
+                "" if name not in self.columns
+                else "ok" if name in actual and type_matches(actual[name], self.columns[name])
+                else "**no**",
+            )
+            for name in [*actual, *(n for n in self.columns if n not in actual)]
+        ]
+        return not problems, text, {"columns": markdown_table(("column", "type", "expected", "ok"), rows)}
 
 
 @dataclass
@@ -141,7 +159,8 @@ class NotNull(DatasetCheck):
             if not nulls
             else "nulls found: " + ", ".join(f"{k}={v}" for k, v in nulls.items())
         )
-        return not nulls, text, {"null_counts": MetadataValue.json(nulls)}
+        rows = [(f"`{name}`", nulls.get(name, 0)) for name in self.columns]
+        return not nulls, text, {"null_counts": markdown_table(("column", "nulls"), rows)}
 
 
 class _NullCounts(Tally):
@@ -181,7 +200,7 @@ class UniqueKey(DatasetCheck):
         missing = [c for c in self.columns if c not in table.column_names]
         if missing:
             text = f"key column(s) missing: {', '.join(missing)}"
-            return False, text, {"missing": MetadataValue.json(missing)}
+            return False, text, {"missing": MetadataValue.text(", ".join(missing))}
         dupes = table.num_rows - tally.distinct()
         text = f"{dupes} duplicate key(s) on {', '.join(self.columns)}" if dupes else "keys are unique"
         return dupes == 0, text, {"duplicates": MetadataValue.int(dupes)}
@@ -280,7 +299,8 @@ class SchemaDrift(DatasetCheck):
         changes = [f"added {n} ({t})" for n, t in now.items() if n not in previous]
         changes += [f"removed {n}" for n in previous if n not in now]
         changes += [f"{n}: {previous[n]} -> {t}" for n, t in now.items() if n in previous and previous[n] != t]
-        return not changes, "; ".join(changes) or "schema unchanged", {"changes": MetadataValue.json(changes)}
+        details = MetadataValue.md("\n".join(f"- {c}" for c in changes) or "schema unchanged")
+        return not changes, "; ".join(changes) or "schema unchanged", {"changes": details}
 
 
 def _scan(ref: DatasetRef, local: Path, checks: Sequence[DatasetCheck], block_size: int):

@@ -296,10 +296,9 @@ def _remote_digest(item: dict[str, Any]) -> str:
 class LocalDatastore(Datastore):
     """A folder on this machine: the embedded default, zero set-up.
 
-    Example:
-        .. code-block:: python
+    Example (the Dagster UI shows this text as the resource's description):
 
-            Definitions(resources={"workspace": LocalDatastore(root="/data/aml")})
+        Definitions(resources={"workspace": LocalDatastore(root="/data/aml")})
     """
 
     root: str | None = Field(

@@ -48,6 +48,24 @@ from aml_assets.data.registry import DatasetRegistry
 from aml_assets.errors import DatasetError
 
 REGISTERED_KEY = "aml/registered"
+#: Definition metadata holding, as JSON, the dataset tags Dagster cannot show as asset tags
+#: (keys or values outside Dagster's tag syntax); the others are the asset's own tags.
+EXTRA_TAGS_KEY = "aml/tags"
+
+
+def registration_info(context: OutputContext) -> tuple[str | None, dict[str, str]]:
+    """(description, tags) to register an output with: the asset's own Dagster description and
+    tags (not Dagster's ``dagster/...`` system tags such as kinds), plus the tags kept aside in
+    ``EXTRA_TAGS_KEY``."""
+    definition = context.definition_metadata or {}
+    try:
+        spec = context.asset_spec
+    except DagsterInvariantViolationError:  # an output context built without its asset
+        spec = None
+    tags = {k: v for k, v in (spec.tags if spec else {}).items() if not k.startswith("dagster/")}
+    tags.update(json.loads(definition.get(EXTRA_TAGS_KEY) or "{}"))
+    return (spec.description if spec else None), tags
+
 
 #: What Dagster 1.13 gives as ``upstream_output.run_id`` when the upstream asset is not part of
 #: the run (a subset run): the output context is built without a run (``RUN_ID_PLACEHOLDER``).
@@ -138,11 +156,8 @@ class DatastoreIOManager(ConfigurableIOManager):
         definition = context.definition_metadata or {}
         if definition.get(REGISTERED_KEY):
             registry = DatasetRegistry(self.datastore)
-            done = registry.register_ref(
-                obj,
-                description=definition.get("aml/description"),
-                tags=json.loads(definition.get("aml/tags") or "{}"),
-            )
+            description, tags = registration_info(context)
+            done = registry.register_ref(obj, description=description, tags=tags)
             obj = obj.model_copy(update={"version": done.version})
             if done.replaced_corrupt is not None:
                 context.log.error(done.describe(obj.name))

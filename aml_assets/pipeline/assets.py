@@ -25,13 +25,14 @@ from dagster import (
     in_process_executor,
     multi_asset,
 )
+from dagster._utils.tags import is_valid_strict_tag_value, is_valid_tag_key
 
 from aml_assets.compute.cluster import COMPUTE_TAG, CpuCluster
 from aml_assets.compute.spark import SparkPool
-from aml_assets.data.checks import check_specs, needs_history, run_checks
+from aml_assets.data.checks import ExpectedColumns, check_specs, needs_history, run_checks
 from aml_assets.data.datasets import DatasetRef, SourceDataset
 from aml_assets.data.datastore import Datastore, open_stat_cache
-from aml_assets.data.io_manager import REGISTERED_KEY, DatastoreIOManager
+from aml_assets.data.io_manager import EXTRA_TAGS_KEY, REGISTERED_KEY, DatastoreIOManager
 from aml_assets.data.registry import DatasetRegistry
 from aml_assets.data.sources import materialize_source
 from aml_assets.errors import DatasetCheckFailedError, DatasetError
@@ -48,16 +49,24 @@ if TYPE_CHECKING:
     from aml_assets.pipeline.steps import Step
 
 IO_MANAGER_KEY = "aml_io"
+#: Tag of every step output's materialization: "reused" (an earlier run's result, nothing
+#: recomputed) or "computed"; the UI shows it on the asset's events and in the run's logs.
+REUSE_TAG = "aml/reuse"
 
 
 def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel: bool) -> Definitions:
     """The assets, checks, job and resources of a (validated) pipeline."""
     # A DataPath parameter may name any of them in a run.
     datastores = sorted(k for k, r in resources.items() if isinstance(r, Datastore))
+    # One group per pipeline: the UI's lineage draws a lone group's assets directly, where
+    # several groups open as collapsed boxes.
+    group = pipeline.name
     assets: list[AssetsDefinition] = [
-        _source_asset(ds) for ds in pipeline.source_datasets()
+        _source_asset(ds, group) for ds in pipeline.source_datasets()
     ] + [
-        _datapath_asset(p, datastores) for p in pipeline.parameters() if isinstance(p, DataPathParameter)
+        _datapath_asset(p, datastores, group)
+        for p in pipeline.parameters()
+        if isinstance(p, DataPathParameter)
     ] + [_step_asset(pipeline, step, datastores) for step in pipeline.steps]
     # The pipeline's executor is also the Definitions' default, so whatever a user launches
     # (the job, "Materialize all", one asset, a re-execution) runs with the same settings.
@@ -100,7 +109,9 @@ def _parallel_executor(resources: Mapping[str, Any]):
     return pipeline_executor(max(1, sum(limit["limit"] for limit in limits)), limits)
 
 
-def _output(ref: DatasetRef, name: str | None, metadata: dict[str, Any]) -> Output:
+def _output(
+    ref: DatasetRef, name: str | None, metadata: dict[str, Any], tags: Mapping[str, str] | None = None
+) -> Output:
     """An Output whose Dagster data version is the content hash, so staleness agrees with reuse."""
     with warnings.catch_warnings():
         # data_version on Output is marked beta; it is exactly the API Dagster's staleness uses.
@@ -110,6 +121,7 @@ def _output(ref: DatasetRef, name: str | None, metadata: dict[str, Any]) -> Outp
             output_name=name or "result",
             data_version=DataVersion(ref.content_hash),
             metadata=metadata,
+            tags=dict(tags or {}),
         )
 
 
@@ -132,14 +144,14 @@ def _run_checks(dataset: str, checks: list, ref: DatasetRef, store: Datastore):
     return run_checks(dataset, checks, ref, store, previous)
 
 
-def _source_asset(ds: SourceDataset) -> AssetsDefinition:
+def _source_asset(ds: SourceDataset, group: str) -> AssetsDefinition:
     @asset(
         name=ds.name,
         description=ds.description or f"Source dataset at '{ds.path}' on datastore '{ds.datastore}'",
         io_manager_key=IO_MANAGER_KEY,
         required_resource_keys={ds.datastore},
         kinds={"dataset", ds.format if ds.format != "files" else "file"},
-        group_name="datasets",
+        group_name=group,
         check_specs=check_specs(ds.name, ds.checks),
     )
     def _source(context):
@@ -160,7 +172,7 @@ def _describe_source(context, ds: SourceDataset, store: Datastore, missing_hint:
     yield from results
 
 
-def _datapath_asset(p: DataPathParameter, datastores: list[str]) -> AssetsDefinition:
+def _datapath_asset(p: DataPathParameter, datastores: list[str], group: str) -> AssetsDefinition:
     """A DataPath parameter as a source asset: the run's value says where the data is."""
 
     @asset(
@@ -170,7 +182,7 @@ def _datapath_asset(p: DataPathParameter, datastores: list[str]) -> AssetsDefini
         # A run may name any datastore, so every one is available to the asset.
         required_resource_keys={RUN_SETTINGS_KEY, *datastores},
         kinds={"dataset", p.format if p.format != "files" else "file"},
-        group_name="datasets",
+        group_name=group,
         check_specs=check_specs(p.name, p.checks),
     )
     def _datapath(context):
@@ -190,18 +202,52 @@ def _datapath_asset(p: DataPathParameter, datastores: list[str]) -> AssetsDefini
     return _datapath
 
 
-def _output_metadata(ref: DatasetRef, result: StepResult, published: PublishedOutput) -> dict[str, Any]:
+def reuse_summary(step: str, result: StepResult) -> str:
+    """One line saying whether a step's outputs were reused or computed, and why."""
+    if result.reused:
+        return f"reused: outputs of run {(result.reused_from_run or '?')[:8]} (nothing changed)"
+    return f"computed: step '{step}' ran because {'; '.join(result.reasons) or 'it was asked to'}"
+
+
+def _lineage_markdown(ref: DatasetRef, result: StepResult) -> str:
+    """Where an output came from, as a small markdown table (the UI renders it)."""
+    producer = ref.producer or {}
+    rows = [
+        ("step", f"`{producer.get('step') or '?'}`"),
+        ("produced by run", f"`{producer.get('run_id') or '?'}`"),
+        ("fingerprint", f"`{result.fingerprint[:16]}`"),
+    ]
+    for name, seen in sorted(ref.input_versions.items()):
+        seen = seen if isinstance(seen, Mapping) else {"content_hash": str(seen)}
+        version = f"version {seen['version']}, " if seen.get("version") is not None else ""
+        rows.append((f"input `{name}`", f"{version}content `{seen.get('content_hash')}`"))
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _column_descriptions(checks: list) -> dict[str, str]:
+    """Column -> description, from the types an ExpectedColumns check declares."""
+    return {
+        name: f"declared {expected} (checked by {c.check_name})"
+        for c in checks
+        if isinstance(c, ExpectedColumns)
+        for name, expected in c.columns.items()
+    }
+
+
+def _output_metadata(
+    ref: DatasetRef, result: StepResult, published: PublishedOutput, step: str, checks: list
+) -> dict[str, Any]:
     meta: dict[str, Any] = {
+        # First, so it is the first line of the materialization in the UI (an "aml/" key: the
+        # run summary does not take it for a metric).
+        REUSE_TAG: MetadataValue.text(reuse_summary(step, result)),
         "fingerprint": MetadataValue.text(result.fingerprint),
         "reused": MetadataValue.bool(result.reused),
         "content_hash": MetadataValue.text(ref.content_hash),
         "uri": MetadataValue.url(ref.uri) if not ref.uri.startswith("file:") else MetadataValue.path(ref.uri.removeprefix("file://")),
         "file_count": MetadataValue.int(ref.file_count),
         "byte_count": MetadataValue.int(ref.byte_count),
-        "lineage": MetadataValue.json(
-            {"run_id": (ref.producer or {}).get("run_id"), "step": (ref.producer or {}).get("step"),
-             "fingerprint": result.fingerprint, "inputs": ref.input_versions}
-        ),
+        "lineage": MetadataValue.md(_lineage_markdown(ref, result)),
     }
     if result.reused:
         meta["reused_from_run"] = MetadataValue.text(result.reused_from_run or "")
@@ -211,7 +257,13 @@ def _output_metadata(ref: DatasetRef, result: StepResult, published: PublishedOu
     if stats:
         meta["dagster/row_count"] = MetadataValue.int(stats["row_count"])
         meta["dagster/column_schema"] = MetadataValue.table_schema(
-            TableSchema(columns=[TableColumn(name=n, type=t) for n, t in stats["columns"]])
+            TableSchema(
+                columns=[
+                    TableColumn(name=n, type=t, description=declared.get(n))
+                    for declared in [_column_descriptions(checks)]
+                    for n, t in stats["columns"]
+                ]
+            )
         )
         meta["preview"] = MetadataValue.md(stats["preview"])
     for name, value in result.metrics.items():
@@ -226,22 +278,34 @@ def _output_metadata(ref: DatasetRef, result: StepResult, published: PublishedOu
     return meta
 
 
+def _split_tags(tags: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(tags Dagster can show as asset tags, the others): Dagster's tag syntax is strict."""
+    shown = {
+        k: v for k, v in tags.items() if is_valid_tag_key(k) and is_valid_strict_tag_value(v)
+    }
+    return shown, {k: v for k, v in tags.items() if k not in shown}
+
+
+def _asset_out(pipeline: Pipeline, step: Step, o: Any) -> AssetOut:
+    """A step output as a Dagster asset: the dataset's description and tags as the asset's own,
+    and kinds naming its format, the step's engine and the step (drawn under its node)."""
+    tags, other_tags = _split_tags(o.tags)
+    metadata: dict[str, Any] = {REGISTERED_KEY: o.registered}
+    if other_tags:
+        metadata[EXTRA_TAGS_KEY] = json.dumps(other_tags)
+    return AssetOut(
+        io_manager_key=IO_MANAGER_KEY,
+        description=o.description,
+        metadata=metadata,
+        tags=tags,
+        kinds={o.format if o.format != "files" else "file", step.kind, step.name},
+        group_name=pipeline.name,
+    )
+
+
 def _step_asset(pipeline: Pipeline, step: Step, datastores: list[str]) -> AssetsDefinition:
     inputs = {i.dataset.name: i.dataset for i in step.all_inputs()}
-    outs = {
-        o.name: AssetOut(
-            io_manager_key=IO_MANAGER_KEY,
-            description=o.description,
-            metadata={
-                REGISTERED_KEY: o.registered,
-                "aml/description": o.description or "",
-                "aml/tags": json.dumps(o.tags),
-            },
-            kinds={"dataset", o.format if o.format != "files" else "file"},
-            group_name=pipeline.name,
-        )
-        for o in step.all_outputs()
-    }
+    outs = {o.name: _asset_out(pipeline, step, o) for o in step.all_outputs()}
     stores = {pipeline.datastore} | {
         d.datastore for d in inputs.values() if isinstance(d, SourceDataset)
     }
@@ -299,8 +363,15 @@ def _step_asset(pipeline: Pipeline, step: Step, datastores: list[str]) -> Assets
         if error := _check_failure(failures):
             yield from results  # reported first, so the failed checks show in the UI
             raise error
+        # A run tag per step (shown on the run's page and in the runs list): which steps of the
+        # run were reused and which computed, without opening any event.
+        context.instance.add_run_tags(
+            context.run_id, {f"{REUSE_TAG}/{step.name}": "reused" if result.reused else "computed"}
+        )
+        checks_of = {o.name: o.checks for o in step.all_outputs()}
         for name, ref in result.refs.items():
-            yield _output(ref, name, _output_metadata(ref, result, result.outputs[name]))
+            meta = _output_metadata(ref, result, result.outputs[name], step.name, checks_of.get(name, []))
+            yield _output(ref, name, meta, {REUSE_TAG: "reused" if result.reused else "computed"})
         yield from results
 
     return _step

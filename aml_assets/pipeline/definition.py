@@ -393,7 +393,14 @@ class Pipeline:
         """
         params = self.parameters()
         fields = {p.name: _settings_field(p) for p in params}
-        cls = create_model(f"{_camel(self.name)}Settings", __base__=PipelineRunSettings, **fields)
+        cls = create_model(
+            f"{_camel(self.name)}Settings",
+            __base__=PipelineRunSettings,
+            # What the UI shows as the resource's description (a model made here has no docstring).
+            __doc__=f"Per-run settings of pipeline '{self.name}': its parameters, and whether to "
+            "regenerate every output.",
+            **fields,
+        )
         cls.declared_parameters = tuple(params)
         cls.declared_datastores = tuple(_datastore_keys(resources)) if resources is not None else None
         return cls()
