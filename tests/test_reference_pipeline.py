@@ -7,15 +7,21 @@ import pickle
 import pytest
 
 from aml_assets import DatasetRegistry
-from tests.support.runs import log_messages, materializations, reference_defs, run_job
+from tests.support.runs import log_messages, materializations, run_job
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 FEATURES = ["Pclass", "Sex", "Age", "SibSp", "Parch", "Fare", "Embarked"]
 
 
-def test_first_run_registers_clean_data_and_trains_a_good_model(project, spark_pool, instance, datastore):
-    result = run_job(reference_defs(project, spark_pool), instance)
+@pytest.fixture
+def instance(reference_instance):
+    """The reference pipeline after one complete run (the session's shared cold run, copied)."""
+    return reference_instance
+
+
+def test_first_run_registers_clean_data_and_trains_a_good_model(reference_baseline, instance, datastore):
+    _, result = reference_baseline
     assert result.success
 
     mats = materializations(result)
@@ -67,9 +73,8 @@ def test_first_run_registers_clean_data_and_trains_a_good_model(project, spark_p
     assert any("Step 'train' runs because no previous run" in m for m in messages)
 
 
-def test_pipeline_parameter_set_from_run_config(project, spark_pool, instance):
-    defs = reference_defs(project, spark_pool)
-    first = run_job(defs, instance)
+def test_pipeline_parameter_set_from_run_config(reference_baseline, instance):
+    defs, first = reference_baseline
     assert first.success
     second = run_job(defs, instance, run_config={"resources": {"pipeline": {"config": {"n_estimators": 10}}}})
     assert second.success
@@ -79,12 +84,12 @@ def test_pipeline_parameter_set_from_run_config(project, spark_pool, instance):
     assert "parameter n_estimators changed (200 -> 10)" in mats["titanic_model"]["runs_because"]
 
 
-def test_step_script_runs_offline_for_local_debugging(project, spark_pool, instance, datastore, tmp_path):
+def test_step_script_runs_offline_for_local_debugging(reference_baseline, project, datastore, tmp_path):
     """The same script runs with plain `python`, outside any pipeline, for debugging."""
     import subprocess
     import sys
 
-    assert run_job(reference_defs(project, spark_pool), instance).success
+    assert reference_baseline[1].success
     prepared = DatasetRegistry(datastore).get("titanic_prepared").local_path()
     out = subprocess.run(
         [sys.executable, str(project / "code" / "train.py"), "--prepared", str(prepared),

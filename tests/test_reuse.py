@@ -9,7 +9,6 @@ from aml_assets.reuse.ledger import StepLedger
 from tests.support.runs import (
     log_messages,
     materializations,
-    reference_defs,
     reused,
     run_job,
     touch_later,
@@ -19,12 +18,14 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 @pytest.fixture
-def baseline(project, spark_pool, instance):
-    """The reference pipeline after one complete run."""
-    defs = reference_defs(project, spark_pool)
-    first = run_job(defs, instance)
-    assert first.success
-    return defs, first
+def instance(reference_instance):
+    """This module's tests start from the reference pipeline after one complete run."""
+    return reference_instance
+
+
+@pytest.fixture
+def baseline(reference_baseline):
+    return reference_baseline
 
 
 def _spark_used(instance, run_id) -> bool:
