@@ -11,7 +11,7 @@ from dagster import DagsterInstance, instance_for_test
 
 from aml_assets import LocalDatastore, SparkPool
 
-pytest_plugins = ["tests.support.azurite_fixtures"]
+pytest_plugins = ["tests.support.azurite_fixtures", "tests.support.postgres"]
 
 REPO = Path(__file__).resolve().parent.parent
 
