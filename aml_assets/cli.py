@@ -677,7 +677,7 @@ def _load_pipeline(definitions: str, job: str | None):
     spec = importlib.util.spec_from_file_location(f"_aml_definitions_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    built = sorted(definition._BUILT)
+    built = definition.built_pipeline_names()
     if job is None:
         if len(built) != 1:
             raise AmlAssetsError(

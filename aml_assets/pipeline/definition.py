@@ -436,6 +436,11 @@ def built_pipeline(name: str) -> Pipeline | None:
     return _BUILT.get(name)
 
 
+def built_pipeline_names() -> list[str]:
+    """Names of the pipelines whose ``to_definitions`` ran in this process."""
+    return sorted(_BUILT)
+
+
 def _settings_field(p: PipelineParameter | DataPathParameter) -> tuple[Any, Any]:
     """The pydantic field of a parameter: its type (a Literal for str choices), bounds, help.
 

@@ -213,6 +213,8 @@ class Supervisor:
         self.children = [self.webserver, self.daemon, self.api]
         #: Process groups of daemons replaced by a reload: their code servers finish their runs.
         self.retired_groups: list[int] = []
+        #: When the current daemon process started: only a heartbeat after it says it is up.
+        self.daemon_started_at = 0.0
         self._stopping = False
 
     # --- start ---------------------------------------------------------------------------
@@ -245,6 +247,7 @@ class Supervisor:
         ensure_instance(self.home, default_config=project_config if project_config.is_file() else None)
         env = self.env()
         started = time.monotonic()
+        self.daemon_started_at = time.time()
         for child in self.children:
             child.start(env, self.cwd)
         try:
@@ -254,8 +257,15 @@ class Supervisor:
             raise
 
     def _wait_ready(self, started: float, timeout: float = 180.0) -> None:
+        from dagster import DagsterInstance
+
         pending = {"webserver", "api", "daemon"}
         deadline = time.monotonic() + timeout
+        with DagsterInstance.from_config(str(self.home)) as instance:
+            self._wait_for(pending, instance, deadline, timeout)
+        self._say_where(started)
+
+    def _wait_for(self, pending: set[str], instance: Any, deadline: float, timeout: float) -> None:
         while pending:
             for child in self.children:
                 if not child.alive():
@@ -267,7 +277,7 @@ class Supervisor:
                 pending.discard("webserver")
             if "api" in pending and _answers(f"{self.settings.api_url}/healthz"):
                 pending.discard("api")
-            if "daemon" in pending and self._daemon_heartbeat():
+            if "daemon" in pending and self._daemon_heartbeat(instance):
                 pending.discard("daemon")
             if time.monotonic() > deadline:
                 raise ServiceError(
@@ -275,6 +285,8 @@ class Supervisor:
                     f"logs in {state_dir(self.home) / 'logs'}"
                 )
             time.sleep(0.3)
+
+    def _say_where(self, started: float) -> None:
         print(
             f"aml-assets service up in {time.monotonic() - started:.1f} s on {self.home}:\n"
             f"  UI (dagster-webserver)  {self.settings.ui_url}\n"
@@ -286,18 +298,10 @@ class Supervisor:
             flush=True,
         )
 
-    def _daemon_heartbeat(self) -> bool:
+    def _daemon_heartbeat(self, instance: Any) -> bool:
         """Whether the daemon has written a heartbeat since it started."""
-        from dagster import DagsterInstance
-
-        with DagsterInstance.from_config(str(self.home)) as instance:
-            beats = instance.get_daemon_heartbeats()
-        since = self.daemon_started_at
-        return any(b.timestamp >= since for b in beats.values())
-
-    @property
-    def daemon_started_at(self) -> float:
-        return getattr(self, "_daemon_started_at", 0.0)
+        beats = instance.get_daemon_heartbeats()
+        return any(b.timestamp >= self.daemon_started_at for b in beats.values())
 
     # --- run -----------------------------------------------------------------------------
     def write_state(self) -> None:
@@ -363,7 +367,7 @@ class Supervisor:
         retired = self.daemon.stop_leader()
         if retired is not None:
             self.retired_groups.append(retired)
-        self._daemon_started_at = time.time()
+        self.daemon_started_at = time.time()
         self.daemon.start(self.env(), self.cwd)
         query = json.dumps({"query": "mutation { reloadWorkspace { __typename } }"}).encode()
         request = urllib.request.Request(
@@ -404,7 +408,6 @@ def up(settings: ServiceSettings, home: Path, out: TextIO) -> int:
             f"API {existing['api_url']}); stop it with 'aml-assets down'."
         )
     supervisor = Supervisor(settings, home, out)
-    supervisor._daemon_started_at = time.time()
 
     def _stop(signum: int, _frame: Any) -> None:
         supervisor._stopping = True
