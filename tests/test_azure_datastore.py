@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import tempfile
 import threading
 import time
 import uuid
@@ -176,8 +177,12 @@ def test_registry_versions_on_the_store(store, tmp_path):
         assert registry.register(ref) == (i + 1, False)  # same content: no new version
     assert versions == [(1, True), (2, True)]
     assert registry.versions("tbl") == [1, 2]
+    tmp_root = Path(tempfile.gettempdir())
+    before = set(tmp_root.glob("aml-tbl-*"))
     assert len(registry.get("tbl", 1).to_pandas_dataframe()) == 1
     assert len(registry.get("tbl", 2).to_pandas_dataframe()) == 2
+    # A frame is read whole: its download from the blob store does not stay behind.
+    assert set(tmp_root.glob("aml-tbl-*")) == before
 
 
 # --- Azure specifics ------------------------------------------------------------------------------

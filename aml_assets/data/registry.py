@@ -78,7 +78,8 @@ class RegisteredDataset:
         return self.record.get("same_content_as")
 
     def local_path(self) -> Path:
-        """A local path to the content (downloaded to a temporary folder if the store is remote)."""
+        """A local path to the content. On a remote store it is downloaded to a new temporary
+        folder that the caller owns (and removes when done)."""
         ref = self.ref
         local = self.datastore.local_path(ref.path)
         if local is not None:
@@ -92,7 +93,14 @@ class RegisteredDataset:
             raise DatasetError(
                 f"Dataset '{self.name}' v{self.version} holds files, not a table; use local_path()."
             )
-        return read_pandas(self.local_path(), ref.format, ref.separator, self.name, ref.reader)
+        local = self.datastore.local_path(ref.path)
+        if local is not None:
+            return read_pandas(local, ref.format, ref.separator, self.name, ref.reader)
+        # A remote store: the frame is read whole, so its download goes as soon as it is read
+        # (one temporary folder per call used to stay behind in /tmp).
+        with tempfile.TemporaryDirectory(prefix=f"aml-{self.name}-") as tmp:
+            path = self.datastore.download(ref.path, Path(tmp))
+            return read_pandas(path, ref.format, ref.separator, self.name, ref.reader)
 
     def to_spark_dataframe(self, spark=None):
         """Load as a Spark DataFrame on the active (or given) SparkSession."""
