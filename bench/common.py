@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI benchmarks (scale.py, rerun.py): timing, isolated homes, the table.
+"""Helpers shared by the benchmarks: timing, isolated homes, the table, the frame of a run.
 
 Every timed command is a whole CLI invocation (``dagster job execute``, ``dvc repro``,
 ``python script.py``) in a subprocess, so interpreter start and imports are part of each figure,
@@ -12,8 +12,10 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -284,3 +286,20 @@ def dvc_repro(project: Path, what: str) -> float:
     from bench.peers import dvc, dvc_env
 
     return run_timed([str(dvc()), "repro"], project, dvc_env(), what)
+
+
+@contextmanager
+def bench_session(report: Report, prefix: str, what: str) -> Iterator[Path]:
+    """The frame every benchmark shares: logs the load average and ``what`` is measured, yields
+    a temporary folder (removed afterwards, whatever happens), then adds the machine notes and
+    prints the table. Notes added inside the block are printed with it."""
+    wall, load_before = time.perf_counter(), load_average()
+    log(f"load average {load_before}; {what}")
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    machine_notes(report, load_before, wall)
+    log(f"load average {load_average()} at end")
+    print(report.render())

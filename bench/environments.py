@@ -30,7 +30,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +41,14 @@ from aml_assets.compute.environments import (  # noqa: E402
     ensure_built,
     resolve,
 )
-from bench.common import Report, fresh_dir, load_average, log, machine_notes, median, spread  # noqa: E402
+from bench.common import (  # noqa: E402
+    Report,
+    bench_session,
+    fresh_dir,
+    log,
+    median,
+    spread,
+)
 
 SMALL = Environment(pip=("six", "attrs"))
 LARGE = Environment(pip=("scikit-learn", "pandas"))
@@ -174,26 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.quick else 3)
 
-    wall, load_before = time.perf_counter(), load_average()
-    log(f"load average {load_before}; {reps} repetitions")
-    tmp = Path(tempfile.mkdtemp(prefix="aml-bench-envs-"))
-    report = Report()
-    try:
-        series = bench(tmp, reps)
-        report_series(report, series, reps)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     from importlib.metadata import version
 
-    report.notes.append(
-        f"uv {version('uv')}, pip {version('pip')}; both install the same pinned lock plus "
-        "dagster-pipes; uv hard-links from its cache, pip copies from its wheel cache; "
-        "venv+pip includes ensurepip (what `python -m venv` costs) and pip's index queries; pip "
-        "compiles bytecode by default, uv does not (first imports compile it, once per environment)"
-    )
-    machine_notes(report, load_before, wall)
-    log(f"load average {load_average()} at end")
-    print(report.render())
+    report = Report()
+    with bench_session(report, "aml-bench-envs-", f"{reps} repetitions") as tmp:
+        report_series(report, bench(tmp, reps), reps)
+        report.notes.append(
+            f"uv {version('uv')}, pip {version('pip')}; both install the same pinned lock plus "
+            "dagster-pipes; uv hard-links from its cache, pip copies from its wheel cache; "
+            "venv+pip includes ensurepip (what `python -m venv` costs) and pip's index queries; pip "
+            "compiles bytecode by default, uv does not (first imports compile it, once per environment)"
+        )
     return 0
 
 

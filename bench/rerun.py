@@ -33,7 +33,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from bench.common import (  # noqa: E402
     Report,
     WarmRunner,
     aml_run_logged,
+    bench_session,
     dagster_execute,
     dagster_execute_logged,
     dvc_project,
@@ -51,9 +51,7 @@ from bench.common import (  # noqa: E402
     fresh_dir,
     home_template,
     isolated_env,
-    load_average,
     log,
-    machine_notes,
     median,
     reused_steps,
     run_timed,
@@ -287,24 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     reps = args.reps or (2 if args.quick else 5)
 
-    wall, load_before = time.perf_counter(), load_average()
-    log(f"load average {load_before}; {reps} repetitions")
-    tmp = Path(tempfile.mkdtemp(prefix="aml-bench-rerun-"))
-    report = Report()
-    try:
-        report_series(report, bench(report, tmp, reps))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
     from bench.peers import dvc_version
 
-    report.notes.append(
-        f"DVC {dvc_version()}; every figure is a whole command (interpreter start and imports "
-        "included); the edit is passenger 1's age 22 -> 23 in each tool's own copy of the CSV"
-    )
-    machine_notes(report, load_before, wall)
-    log(f"load average {load_average()} at end")
-    print(report.render())
+    report = Report()
+    with bench_session(report, "aml-bench-rerun-", f"{reps} repetitions") as tmp:
+        report_series(report, bench(report, tmp, reps))
+        report.notes.append(
+            f"DVC {dvc_version()}; every figure is a whole command (interpreter start and imports "
+            "included); the edit is passenger 1's age 22 -> 23 in each tool's own copy of the CSV"
+        )
     return 0
 
 

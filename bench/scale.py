@@ -32,10 +32,7 @@ into the benchmarks' own environment (bench/peers.py).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,6 +41,7 @@ from bench.common import (  # noqa: E402
     Report,
     WarmRunner,
     aml_run_logged,
+    bench_session,
     dagster_execute,
     dagster_execute_logged,
     dvc_project,
@@ -51,9 +49,7 @@ from bench.common import (  # noqa: E402
     fresh_dir,
     home_template,
     isolated_env,
-    load_average,
     log,
-    machine_notes,
     median,
     reused_steps,
     spread,
@@ -336,11 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (2 if args.quick else 5)
     sleep_steps = 8 if args.quick else SLEEP_STEPS
 
-    wall, load_before = time.perf_counter(), load_average()
-    log(f"load average {load_before}; sizes {sizes}, {reps} repetitions")
-    tmp = Path(tempfile.mkdtemp(prefix="aml-bench-scale-"))
+    from bench.peers import dvc_version
+
     report = Report()
-    try:
+    with bench_session(report, "aml-bench-scale-", f"sizes {sizes}, {reps} repetitions") as tmp:
         template = home_template(tmp)
         by_size = {}
         for n in sizes:
@@ -351,23 +346,15 @@ def main(argv: list[str] | None = None) -> int:
             report_slopes(report, by_size)
         log(f"sleep fan-out: {sleep_steps} steps")
         bench_sleep(report, tmp, template, reps, sleep_steps)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    from bench.peers import dvc_version
-
-    report.notes.append(
-        f"DVC {dvc_version()}; aml parallel = to_definitions(..., parallel=True) with "
-        "LocalProcessCluster(max_concurrent_steps=2); floor = Dagster asset job of N no-op "
-        "assets, in-process executor"
-    )
-    report.notes.append(
-        "cold: fresh datastore, stat cache and Dagster home (its storage created beforehand); "
-        "reused: the same command again with nothing changed"
-    )
-    machine_notes(report, load_before, wall)
-    log(f"load average {load_average()} at end")
-    print(report.render())
+        report.notes.append(
+            f"DVC {dvc_version()}; aml parallel = to_definitions(..., parallel=True) with "
+            "LocalProcessCluster(max_concurrent_steps=2); floor = Dagster asset job of N no-op "
+            "assets, in-process executor"
+        )
+        report.notes.append(
+            "cold: fresh datastore, stat cache and Dagster home (its storage created beforehand); "
+            "reused: the same command again with nothing changed"
+        )
     return 0
 
 

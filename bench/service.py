@@ -48,13 +48,11 @@ import importlib.util
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,7 +61,7 @@ from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Report, load_average, log, machine_notes, median  # noqa: E402
+from bench.common import Report, bench_session, load_average, log, median  # noqa: E402
 
 #: Targets from issue 7.
 TARGET_SUBMIT_S = 0.3
@@ -669,17 +667,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (3.0 if args.quick else 8.0)
     drops = args.drops or (2 if args.quick else 5)
 
-    wall, load_before = time.perf_counter(), load_average()
-    log(f"load average {load_before}; n={n}, {args.clients} clients x {seconds:g} s, {drops} drops")
-    root = Path(tempfile.mkdtemp(prefix="aml-bench-service-"))
     report = ServiceReport()
-    try:
+    what = f"n={n}, {args.clients} clients x {seconds:g} s, {drops} drops"
+    with bench_session(report, "aml-bench-service-", what) as root:
         bench(report, root, n, args.clients, seconds, drops)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    machine_notes(report, load_before, wall)
-    log(f"load average {load_average()} at end")
-    print(report.render())
     return 0
 
 
