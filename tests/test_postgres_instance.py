@@ -25,7 +25,7 @@ from aml_assets.data.datastore import LocalDatastore
 from aml_assets.reuse.ledger import StepLedger
 from aml_assets.service.experiment import Experiment
 from tests.support.postgres import PostgresServer
-from tests.test_experiment import Daemon, load_pipeline, steps_of, write_project
+from tests.support.two_steps import Daemon, load_pipeline, steps_of, write_project
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
