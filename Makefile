@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install install-test run ui serve test bench lint
+.PHONY: install install-test run ui serve cluster cluster-down test bench lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ ui: install
 serve: install
 	$(INSTANCE)
 	$(BIN)/aml-assets up
+
+# A local cluster on loopback (PostgreSQL, Redis, Azurite, Spark standalone, the UI and daemon,
+# two Celery workers), in ./.aml_cluster; prints where each listens and the exports for
+# `aml-assets run`. Ctrl-C (or `make cluster-down` from another terminal) stops it.
+cluster: install-test
+	$(BIN)/aml-assets up --cluster
+
+cluster-down:
+	$(BIN)/aml-assets down --cluster
 
 test: install-test
 	$(BIN)/python -m pytest --durations=15

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -215,6 +218,33 @@ def test_experiment_submit_without_a_daemon_launches_the_run_directly(
     assert steps_of(failing) == {"prep": ("Finished", True), "total": ("Failed", None)}
     assert "total: unlucky offset 13" in failing.find_step_run("total")[0].get_stderr_log()
     assert failing.wait_for_completion(show_output=False, raise_on_error=False) == "Failed"
+
+
+def test_a_script_that_never_closes_its_experiment_exits_when_it_ends(project: Path, home: Path, tmp_path: Path):
+    """Azure ML scripts never close an Experiment (here not even kept in a variable): the code
+    server it started must not hold the script's output open after its last line (it did for
+    ~90 s: ``python pipeline.py | tee log`` or a CI step hung that long)."""
+    (project / "submit.py").write_text(textwrap.dedent("""
+        import sys
+        sys.path.insert(0, ".")
+        from aml_assets.service.experiment import Experiment
+        from two_steps import build_pipeline
+        run = Experiment("unclosed", workspace="workspace.yaml").submit(build_pipeline())
+        print("ended", run.wait_for_completion(show_output=False, timeout_seconds=90), flush=True)
+    """))
+    env = {**os.environ, "DAGSTER_HOME": str(home), "AML_DATASTORE_ROOT": str(tmp_path / "store")}
+    proc = subprocess.Popen([sys.executable, "submit.py"], cwd=project, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        lines = iter(proc.stdout)
+        last = next((line for line in lines if line.startswith("ended")), "")  # after Dagster's log lines
+        ended = time.monotonic()
+        assert last.strip() == "ended Finished"
+        rest = list(lines)  # returns when every process holding the pipe has closed it
+        assert time.monotonic() - ended < 20, f"the output stayed open after the script ended:\n{''.join(rest)}"
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
 
 
 def test_submit_published_pipeline_and_endpoint(project: Path, experiment: Experiment):

@@ -161,6 +161,12 @@ def test_parallel_steps_run_in_threads_of_the_run_process_and_reuse(tmp_path):
     second, instance = _execute(tmp_path, env)
     assert second.success
     assert _reused(instance, second.run_id) == {f"s{i}_out": True for i in range(6)} | {"join_out": True}
+    # Each step's reuse tag survives steps finishing together in threads (a tag write rewrites
+    # the whole run record: unordered, one step's tag could overwrite another's).
+    names = [f"s{i}" for i in range(6)] + ["join"]
+    for run, word in ((first, "computed"), (second, "reused")):
+        tags = instance.get_run_by_id(run.run_id).tags
+        assert {n: tags.get(f"aml/reuse/{n}") for n in names} == dict.fromkeys(names, word)
     # Every step of both runs executed in the run's own process: no worker process per step.
     for run in (first, second):
         logs = instance.all_logs(run.run_id)

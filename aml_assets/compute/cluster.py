@@ -34,18 +34,27 @@ class CpuCluster(ConfigurableResource, ABC):
         """Start a step's process; stdout and stderr must be pipes the caller reads."""
 
 
+def start_local_process(
+    command: Sequence[str], env: Mapping[str, str], cwd: Path
+) -> subprocess.Popen[bytes]:
+    """A step's process on this machine: what every cluster does on the node running the step
+    (this machine, a Celery worker, a Kubernetes step pod). A new session, so a kill of the step
+    reaches everything the script started; the launcher (amlrun/launch.py) dies with its parent
+    (``PR_SET_PDEATHSIG``), so a killed worker leaves no script behind."""
+    return subprocess.Popen(
+        list(command),
+        env=dict(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 class LocalProcessCluster(CpuCluster):
     """Runs each step as a local process: the embedded default CPU cluster."""
 
     def start(
         self, command: Sequence[str], env: Mapping[str, str], cwd: Path
     ) -> subprocess.Popen[bytes]:
-        # A new session, so a kill of the step reaches everything the script started.
-        return subprocess.Popen(
-            list(command),
-            env=dict(env),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        return start_local_process(command, env, cwd)

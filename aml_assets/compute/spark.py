@@ -136,6 +136,7 @@ _STARTED_WITH: dict[str, dict[str, str]] = {}
 _MEMORY_KEYS = frozenset({"spark.driver.memory", "spark.executor.memory"})
 
 _WILDCARDS = frozenset({"0.0.0.0", "::", "[::]", "*"})
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class SparkPool(ConfigurableResource):
@@ -147,9 +148,10 @@ class SparkPool(ConfigurableResource):
 
     A local pool (a `local...` master) listens on 127.0.0.1 only: the driver, its block manager
     and, if `ui_enabled`, the web UI. `bind_address` changes that (`0.0.0.0` exposes it on every
-    interface). A `spark://` pool keeps Spark's own defaults unless `bind_address` is set, since
-    its executors must reach the driver over the network; a Spark Connect pool (`remote`)
-    starts no JVM, so the server's settings apply.
+    interface). A `spark://` pool on loopback (`spark://127.0.0.1:PORT`, a
+    `StandaloneSparkCluster`) listens on 127.0.0.1 too; any other `spark://` pool keeps Spark's
+    own defaults unless `bind_address` is set, since its executors must reach the driver over the
+    network; a Spark Connect pool (`remote`) starts no JVM, so the server's settings apply.
 
     A pool without `remote` uses the warm pool started for its resource key
     (`aml-assets pool start spark01`) when one runs and was started with the pool's settings
@@ -184,8 +186,9 @@ class SparkPool(ConfigurableResource):
         default=None,
         description=(
             "Address the driver, its block manager and the web UI listen on. Unset: 127.0.0.1 for "
-            "a local[...] master, Spark's default (all interfaces, advertised under the host's "
-            "address) for a spark:// master, whose executors must reach the driver. '0.0.0.0' "
+            "a local[...] master or a spark:// master on loopback, Spark's default (all "
+            "interfaces, advertised under the host's address) for another spark:// master, "
+            "whose executors must reach the driver. '0.0.0.0' "
             "exposes a local pool on every interface. Applies when the process's JVM starts."
         ),
     )
@@ -250,7 +253,16 @@ class SparkPool(ConfigurableResource):
             return None
         if self.bind_address is not None:
             return self.bind_address
-        return "127.0.0.1" if self.is_local() else None
+        return "127.0.0.1" if self.is_local() or self.is_loopback_cluster() else None
+
+    def is_loopback_cluster(self) -> bool:
+        """Whether the pool's master is a ``spark://`` cluster on this machine's loopback
+        (``StandaloneSparkCluster``): its executors reach the driver on 127.0.0.1 too."""
+        master = self.master.strip()
+        if self.remote or not master.lower().startswith("spark://"):
+            return False
+        hosts = [h.rsplit(":", 1)[0].strip("[]") for h in master[len("spark://") :].split(",")]
+        return all(h in _LOOPBACK_HOSTS for h in hosts)
 
     def network_conf(self) -> dict[str, str]:
         """Spark settings for where the driver listens and whether the web UI runs."""
@@ -281,6 +293,8 @@ class SparkPool(ConfigurableResource):
             **self.conf,
         }
         conf.update({key: str(value) for key, value in (overrides or {}).items()})
+        if conf["spark.master"].strip().lower().startswith("spark://"):
+            conf.setdefault("spark.cores.max", _standalone_cores(conf))
         return conf
 
     def result_conf(self) -> dict[str, str]:
@@ -638,6 +652,16 @@ class SparkPool(ConfigurableResource):
 
 
 # -- runtime configuration helpers (classic and Spark Connect sessions alike) --------------------
+
+
+def _standalone_cores(conf: Mapping[str, str]) -> str:
+    """``spark.cores.max`` for Synapse's ``num_executors``: a standalone master ignores
+    ``spark.executor.instances`` and would give the application every free core of the cluster;
+    capping its cores at instances x cores per executor gives it that many executors."""
+    try:
+        return str(int(conf["spark.executor.instances"]) * int(conf["spark.executor.cores"]))
+    except (KeyError, ValueError):
+        return conf.get("spark.executor.cores", "1")
 
 
 def _alive(session: Any) -> bool:

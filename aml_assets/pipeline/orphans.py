@@ -126,21 +126,37 @@ def watch_run(context: Any) -> list[str]:
     the in-progress runs on this host whose process is gone. Returns the ids of those runs.
 
     Housekeeping: a problem here is logged, never fails the step."""
+    from aml_assets.compute.celery_worker import running_in_worker
+
+    if running_in_worker():
+        # The step runs on a Celery worker: this process is the worker's, not the run's. Tagged
+        # with it, the run would be marked failed when the worker goes, though its orchestrator
+        # (which tagged the run itself: watch_orchestrator) still runs and fails the lost step.
+        return []
+    return _watch(context.instance, context.run_id, context.run.tags, context.log)
+
+
+def watch_orchestrator(instance: Any, run_id: str, log: Any) -> list[str]:
+    """At the start of a run whose steps run in other processes (Celery workers): tag the run
+    with this, its orchestrating process, and mark failed the runs whose process is gone."""
+    run = instance.get_run_by_id(run_id)
+    return _watch(instance, run_id, run.tags if run is not None else {}, log)
+
+
+def _watch(instance: Any, run_id: str, tags: Any, log: Any) -> list[str]:
     try:
-        instance = context.instance
-        run_id = context.run_id
         if run_id in _tagged:
             return []  # once per run: a query per step would cost every reused step ~5 ms
         _tagged.add(run_id)
         mine = identity()
-        if any(context.run.tags.get(k) != v for k, v in mine.items()):
+        if any(tags.get(k) != v for k, v in mine.items()):
             instance.add_run_tags(run_id, mine)
         marked = mark_orphans_failed(instance, run_id)
     except Exception as exc:  # noqa: BLE001
-        context.log.warning(f"Could not check for runs whose process is gone: {exc}")
+        log.warning(f"Could not check for runs whose process is gone: {exc}")
         return []
     for other in marked:
-        context.log.warning(f"Run {other}'s process is gone: marked it failed.")
+        log.warning(f"Run {other}'s process is gone: marked it failed.")
     return marked
 
 

@@ -87,6 +87,38 @@ def workspace_target(workspace: str | Path) -> Any:
     return WorkspaceFileTarget(paths=[str(path)])
 
 
+#: Submitters not closed yet: closed when the interpreter exits (see ``_close_at_exit``).
+_OPEN: set[Submitter] = set()
+_OPEN_LOCK = threading.Lock()
+_AT_EXIT_REGISTERED = False
+
+
+def _close_at_exit(submitter: Submitter) -> None:
+    """Close ``submitter`` when the interpreter exits, if its owner did not.
+
+    Scripts written for Azure ML never close an ``Experiment`` (often not even kept in a
+    variable): its code server then outlived the script by ~90 s (a 45 s heartbeat timeout, then
+    up to 60 s of shutdown), holding the script's stdout open, so ``python pipeline.py | tee log``
+    or a CI step hung that long after the script's last line. Held strongly (a dropped
+    Experiment's server must still be stopped) until ``close`` forgets it.
+    ``threading._register_atexit`` runs before non-daemon threads are joined (an ``atexit``
+    handler would run after); it is what ``concurrent.futures`` uses.
+    """
+    global _AT_EXIT_REGISTERED
+    with _OPEN_LOCK:
+        _OPEN.add(submitter)
+        if not _AT_EXIT_REGISTERED:
+            threading._register_atexit(_close_open_submitters)
+            _AT_EXIT_REGISTERED = True
+
+
+def _close_open_submitters() -> None:
+    with _OPEN_LOCK:
+        open_now = list(_OPEN)
+    for submitter in open_now:
+        submitter.close()
+
+
 class Submitter:
     """Creates runs of a workspace's jobs and hands them to the instance's run coordinator.
 
@@ -117,6 +149,7 @@ class Submitter:
             if self._owns_instance:
                 self.instance.dispose()
             raise
+        _close_at_exit(self)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -125,6 +158,8 @@ class Submitter:
             if self._closed:
                 return
             self._closed = True
+        with _OPEN_LOCK:
+            _OPEN.discard(self)
         self._context.__exit__(None, None, None)
         if self._owns_instance:
             self.instance.dispose()

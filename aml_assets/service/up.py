@@ -124,11 +124,14 @@ class _Child:
     args: list[str]
     log: Path
     proc: subprocess.Popen | None = None
+    #: Its own working directory and environment additions (a cluster's workers), if any.
+    cwd: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, env: dict[str, str], cwd: Path) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                self.args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                self.args, cwd=self.cwd or cwd, env={**env, **self.env}, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
 
@@ -233,8 +236,9 @@ class Supervisor:
                 "API's tokens travel in clear text without TLS; put a TLS proxy in front.",
                 file=sys.stderr,
             )
-        for port, what, flag in ((s.ui_port, "the UI", "--ui-port"), (s.api_port, "the HTTP API", "--api-port")):
-            if not _port_free(s.host, port):
+        ports = ((s.ui_port, "the UI", "--ui-port", self.webserver), (s.api_port, "the HTTP API", "--api-port", self.api))
+        for port, what, flag, child in ports:
+            if child in self.children and not _port_free(s.host, port):
                 raise ServiceError(
                     f"Port {port} on {s.host} is in use, so {what} cannot listen there; stop what "
                     f"uses it ('aml-assets down' if it is another aml-assets service) or pass {flag}."
@@ -243,8 +247,7 @@ class Supervisor:
 
         # Once, under a lock (three processes must not race on a new home), with the project's
         # dagster.yaml (its run queue) when the home has none yet.
-        project_config = self.cwd / "dagster.yaml"
-        ensure_instance(self.home, default_config=project_config if project_config.is_file() else None)
+        ensure_instance(self.home, default_config=self.instance_config())
         env = self.env()
         started = time.monotonic()
         self.daemon_started_at = time.time()
@@ -256,10 +259,15 @@ class Supervisor:
             self.stop()
             raise
 
+    def instance_config(self) -> Path | None:
+        """The ``dagster.yaml`` the home starts from: the project's (its run queue), if any."""
+        project_config = self.cwd / "dagster.yaml"
+        return project_config if project_config.is_file() else None
+
     def _wait_ready(self, started: float, timeout: float = 180.0) -> None:
         from dagster import DagsterInstance
 
-        pending = {"webserver", "api", "daemon"}
+        pending = {child.name for child in self.children}
         deadline = time.monotonic() + timeout
         with DagsterInstance.from_config(str(self.home)) as instance:
             self._wait_for(pending, instance, deadline, timeout)
@@ -273,18 +281,22 @@ class Supervisor:
                         f"The {child.name} exited while starting (status {child.proc.returncode}); "
                         f"its log ({child.log}) ends with:\n{_tail(child.log)}"
                     )
-            if "webserver" in pending and _answers(f"{self.settings.ui_url}/server_info"):
-                pending.discard("webserver")
-            if "api" in pending and _answers(f"{self.settings.api_url}/healthz"):
-                pending.discard("api")
-            if "daemon" in pending and self._daemon_heartbeat(instance):
-                pending.discard("daemon")
+            pending -= {name for name in pending if self._ready(name, instance)}
             if time.monotonic() > deadline:
                 raise ServiceError(
                     f"{', '.join(sorted(pending))} did not become ready in {timeout:.0f} s; see the "
                     f"logs in {state_dir(self.home) / 'logs'}"
                 )
             time.sleep(0.3)
+
+    def _ready(self, name: str, instance: Any) -> bool:
+        """Whether the child ``name`` (alive) answers: the UI and the API over HTTP, the daemon
+        by its heartbeat."""
+        if name == "webserver":
+            return _answers(f"{self.settings.ui_url}/server_info")
+        if name == "api":
+            return _answers(f"{self.settings.api_url}/healthz")
+        return name != "daemon" or self._daemon_heartbeat(instance)
 
     def _say_where(self, started: float) -> None:
         print(
@@ -399,15 +411,16 @@ def _answers(url: str) -> bool:
         return False
 
 
-def up(settings: ServiceSettings, home: Path, out: TextIO) -> int:
-    """Run the service in the foreground until Ctrl-C, SIGTERM or ``aml-assets down``."""
+def up(settings: ServiceSettings, home: Path, out: TextIO, supervisor: Supervisor | None = None) -> int:
+    """Run the service (or ``supervisor``'s, e.g. the local cluster's) in the foreground until
+    Ctrl-C, SIGTERM or ``aml-assets down``."""
     existing = read_state(home)
     if existing:
         raise ServiceError(
             f"A service is already running on {home} (pid {existing['pid']}, UI {existing['ui_url']}, "
             f"API {existing['api_url']}); stop it with 'aml-assets down'."
         )
-    supervisor = Supervisor(settings, home, out)
+    supervisor = supervisor or Supervisor(settings, home, out)
 
     def _stop(signum: int, _frame: Any) -> None:
         supervisor._stopping = True
@@ -426,15 +439,19 @@ def up(settings: ServiceSettings, home: Path, out: TextIO) -> int:
     return status
 
 
-def up_detached(settings: ServiceSettings, home: Path, out: TextIO, timeout: float = 240.0) -> int:
-    """Start ``up`` as a background process and return once it is ready (or has failed)."""
+def up_detached(
+    settings: ServiceSettings, home: Path, out: TextIO, timeout: float = 240.0,
+    command: list[str] | None = None, banner: str = "aml-assets service up",
+) -> int:
+    """Start ``up`` (or ``command``, a form of it whose ready message starts with ``banner``) as
+    a background process and return once it is ready (or has failed)."""
     existing = read_state(home)
     if existing:
         print(f"Already running: UI {existing['ui_url']}, API {existing['api_url']} (pid {existing['pid']})", file=out)
         return 0
     log = state_dir(home) / "logs" / "supervisor.log"
     log.parent.mkdir(exist_ok=True)
-    args = [
+    args = command or [
         sys.executable, "-m", "aml_assets.cli", "up", "--workspace", str(settings.workspace.resolve()),
         "--host", settings.host, "--ui-port", str(settings.ui_port), "--api-port", str(settings.api_port),
     ]
@@ -450,7 +467,7 @@ def up_detached(settings: ServiceSettings, home: Path, out: TextIO, timeout: flo
         state = read_state(home)
         if state and state.get("pid") == proc.pid:
             text = _tail(log, 3000)
-            print(text[text.rfind("aml-assets service up"):].strip(), file=out)
+            print(text[text.rfind(banner):].strip(), file=out)
             return 0
         time.sleep(0.3)
     raise ServiceError(f"The service did not become ready in {timeout:.0f} s; see {log}")
