@@ -337,3 +337,30 @@ def test_worker_command_and_backend_defaults():
     command = worker_command(["cpucluster", "spark01"], 2, "redis://h:1/0", hostname="w1@%h")
     assert command[1:] == ["-m", "aml_assets.cli", "worker", "cpucluster", "spark01", "--concurrency", "2",
                            "--broker", "redis://h:1/0", "--hostname", "w1@%h", "--loglevel", "INFO"]
+
+
+def test_worker_reads_its_clusters_settings_from_the_definitions_file(tmp_path, monkeypatch):
+    """``aml-assets worker -f definitions.py`` imports the project (its folder importable, as
+    Dagster does) and takes the broker and Redis's redelivery timeout from the clusters it
+    serves: above their longest step timeout. A file that is not there names the fix."""
+    from aml_assets.compute.celery_worker import VISIBILITY_MARGIN_SECONDS, _visibility_from
+    from aml_assets.errors import AmlAssetsError
+
+    (tmp_path / "targets.py").write_text(
+        "from dagster import EnvVar\n"
+        "from aml_assets import CeleryCpuCluster, LocalProcessCluster\n"
+        "TARGETS = {'cpucluster': CeleryCpuCluster(broker=EnvVar('TEST_BROKER'), default_timeout_seconds=100),\n"
+        "           'bigcpu': CeleryCpuCluster(broker=EnvVar('TEST_BROKER'), default_timeout_seconds=900),\n"
+        "           'local': LocalProcessCluster()}\n"
+    )
+    (tmp_path / "definitions.py").write_text(
+        "from dagster import Definitions\nfrom targets import TARGETS\ndefs = Definitions(resources=TARGETS)\n"
+    )
+    monkeypatch.setenv("TEST_BROKER", "redis://127.0.0.1:6390/0")
+    monkeypatch.syspath_prepend(str(tmp_path))  # undone after the test (the worker adds it too)
+    defs = tmp_path / "definitions.py"
+    assert _visibility_from(defs, ["cpucluster"]) == (100 + VISIBILITY_MARGIN_SECONDS, "redis://127.0.0.1:6390/0")
+    assert _visibility_from(defs, ["cpucluster", "bigcpu"])[0] == 900 + VISIBILITY_MARGIN_SECONDS
+    assert _visibility_from(defs, ["local", "spark01"]) == (None, None)
+    with pytest.raises(AmlAssetsError, match="Definitions file .* not found; pass the project's with -f"):
+        _visibility_from(tmp_path / "missing.py", ["cpucluster"])

@@ -196,25 +196,17 @@ def worker_command(
 def _visibility_from(definitions: str | Path, targets: Sequence[str]) -> tuple[float | None, str | None]:
     """(visibility timeout, broker) of the Celery clusters named ``targets`` in a definitions
     file; importing it here also preloads the project into the worker before its pool forks."""
-    import importlib.util
-
-    from dagster import Definitions, EnvVar
+    from dagster import EnvVar
 
     from aml_assets.compute.cluster import CpuCluster
-    from aml_assets.errors import ComputeTargetError
+    from aml_assets.compute.definitions_file import definitions_resources, import_definitions_file
 
-    path = Path(definitions).resolve()
-    if not path.is_file():
-        raise ComputeTargetError(f"Definitions file '{definitions}' not found; pass the project's with -f.")
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"_aml_worker_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_definitions_file(
+        definitions, f"_aml_worker_{Path(definitions).stem}", "pass the project's with -f"
+    )
     clusters = {
         key: r
-        for defs in vars(module).values()
-        if isinstance(defs, Definitions)
-        for key, r in (defs.resources or {}).items()
+        for key, r in definitions_resources(module).items()
         # A Celery CPU cluster (celery_cluster imports this module: checked by what it has).
         if isinstance(r, CpuCluster) and hasattr(r, "broker")
     }
