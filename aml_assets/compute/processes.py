@@ -7,7 +7,12 @@ is still the process the file describes. Standard library only: the CLI imports 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -28,3 +33,37 @@ def command_line(pid: int) -> list[str] | None:
     if out.returncode != 0 or not line or line.startswith("Z"):
         return None
     return line.split()[1:]
+
+
+def terminate_group(pid: int, alive: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Stop a server started with a session of its own (so it leads a process group holding
+    its helpers: executors, Python workers): SIGTERM the group, wait until ``alive()`` says it
+    is gone (collecting its exit status if this process started it), SIGKILL what is left after
+    ``timeout``. Once the leader is gone, helpers still in its group are killed too: its pid
+    cannot have been given to another process while its group has members, so the group is
+    still the server's. The caller checks first that ``pid`` is still its server
+    (``command_line``); a pid that leads no group is signalled alone."""
+    try:
+        group = pid if os.getpgid(pid) == pid else None
+    except ProcessLookupError:
+        return
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group is not None:
+                os.killpg(group, sig)
+            else:
+                os.kill(pid, sig)
+
+    def reap() -> None:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        reap()
+        time.sleep(0.1)
+    if alive() or (group is not None and command_line(pid) is None):
+        send(signal.SIGKILL)
+    reap()

@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -41,7 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from aml_assets.compute.processes import command_line
+from aml_assets.compute.processes import command_line, terminate_group
 from aml_assets.compute.secrets import CREDENTIAL_VARIABLES
 from aml_assets.errors import ComputeTargetError
 
@@ -202,7 +201,7 @@ class StandaloneSparkCluster:
         for role in ("worker", "master"):
             pid = self._daemon_pid(role)
             if pid is not None:
-                _terminate(pid, lambda r=role: self._daemon_pid(r) is not None, timeout)
+                terminate_group(pid, lambda r=role: self._daemon_pid(r) is not None, timeout)
             process = self._processes.pop(role, None)
             if process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -402,34 +401,3 @@ def _check_java_version(java: str) -> None:
             "needs Java 17 or 21: apt-get install openjdk-17-jre-headless, or set JAVA_HOME to "
             "a Java 17+ installation."
         )
-
-
-def _terminate(pid: int, alive: Any, timeout: float) -> None:
-    """SIGTERM the daemon's process group (its executors and Python workers too), SIGKILL what
-    is left after ``timeout``. ``pid`` leads its own group (started with a session of its own)."""
-    try:
-        group = pid if os.getpgid(pid) == pid else None
-    except ProcessLookupError:
-        return
-
-    def send(sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if group is not None:
-                os.killpg(group, sig)
-            else:
-                os.kill(pid, sig)
-
-    send(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while alive() and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)
-    if alive():
-        send(signal.SIGKILL)
-    elif group is not None and command_line(pid) is None:
-        # The daemon is gone; executors it launched may outlive it by a moment. Its pid cannot
-        # have been given to another process while its group has members, so the group is ours.
-        send(signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from typing import Any
 
 import platformdirs
 
-from aml_assets.compute.processes import command_line
+from aml_assets.compute.processes import command_line, terminate_group
 from aml_assets.compute.secrets import CREDENTIAL_VARIABLES
 from aml_assets.errors import ComputeTargetError
 
@@ -454,39 +453,9 @@ def _terminate(pool: WarmPool, timeout: float = 30.0) -> None:
     what is left after ``timeout``. Only a pid checked to be this server is signalled."""
     if not is_server(pool):
         return
-    group = _own_group(pool.pid)
-    _signal(pool.pid, group, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
     # Gone once its port is closed too: the JVM's last threads still hold its sockets for a
     # moment after the main one has exited.
-    while (is_server(pool) or listening(pool.port)) and time.monotonic() < deadline:
-        _reap(pool.pid)
-        time.sleep(0.1)
-    if is_server(pool):
-        _signal(pool.pid, group, signal.SIGKILL)
-    _reap(pool.pid)
-
-
-def _own_group(pid: int) -> int | None:
-    """The server's process group, if it leads one (started with a session of its own)."""
-    try:
-        return pid if os.getpgid(pid) == pid else None
-    except ProcessLookupError:
-        return None
-
-
-def _signal(pid: int, group: int | None, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        if group is not None:
-            os.killpg(group, sig)
-        else:
-            os.kill(pid, sig)
-
-
-def _reap(pid: int) -> None:
-    """Collect the server's exit status if this process started it (no zombie left)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+    terminate_group(pool.pid, lambda: is_server(pool) or listening(pool.port), timeout)
 
 
 def statuses(name: str | None = None) -> list[PoolStatus]:
