@@ -67,3 +67,33 @@ def terminate_group(pid: int, alive: Callable[[], bool], timeout: float = 30.0) 
     if alive() or (group is not None and command_line(pid) is None):
         send(signal.SIGKILL)
     reap()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still alive."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0, kill_wait: float = 10.0) -> None:
+    """Stop a child this process started with a session of its own (so it leads a process group
+    holding what it started: code servers, run workers, a worker's pool): SIGTERM the group,
+    wait until the child has exited and the group is empty, SIGKILL what is left after
+    ``timeout`` and wait up to ``kill_wait`` more. The child is reaped (no zombie)."""
+    pgid = proc.pid
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, kill_wait)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not group_alive(pgid):
+                return
+            time.sleep(0.1)
+    proc.poll()

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from aml_assets.compute.processes import command_line
+from aml_assets.compute.processes import command_line, stop_group
 from aml_assets.errors import AmlAssetsError
 
 STATE_NAME = "service.json"
@@ -157,33 +157,8 @@ class _Child:
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the child's process group (its code servers and run workers too), then
         SIGKILL what is left after ``timeout``."""
-        if self.proc is None:
-            return
-        pgid = self.proc.pid  # start_new_session: the child leads its own group
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None and not _group_alive(pgid):
-                    break
-                time.sleep(0.1)
-            else:
-                continue
-            break
-        self.proc.poll()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if self.proc is not None:
+            stop_group(self.proc, timeout, kill_wait=5.0)
 
 
 class Supervisor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aml_assets.compute.celery_worker import celery_app, worker_command
+from aml_assets.compute.processes import stop_group
 
 
 @dataclass
@@ -48,16 +49,7 @@ class Worker:
 
     def stop(self, timeout: float = 20) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL to whatever of the group is left."""
-        self.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait(timeout=30)
+        stop_group(self.proc, timeout, kill_wait=30)
 
 
 def stop_all(workers: Sequence[Worker]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import textwrap
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
+from aml_assets.compute.processes import stop_group
 from aml_assets.service.experiment import PipelineRun
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -139,17 +139,8 @@ class Daemon:
         raise RuntimeError(f"dagster-daemon sent no heartbeat in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)
-                self.proc.wait(timeout=wait)
-                break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        if self.proc is not None:
+            stop_group(self.proc)
 
 
 def steps_of(run: PipelineRun) -> dict[str, tuple[str, bool | None]]:

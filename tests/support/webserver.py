@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,6 +28,8 @@ import zlib
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+
+from aml_assets.compute.processes import stop_group
 
 # Instance settings of the test DAGSTER_HOME: runs launched over GraphQL start at once (no
 # dagster-daemon); no telemetry; no "Join the Dagster community" dialog over the UI.
@@ -166,23 +167,8 @@ class DagsterWebserver:
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the server's process group, then SIGKILL whatever is left of it."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        pgid = proc.pid  # start_new_session: the server leads its own group
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            if not _group_alive(pgid, wait=5.0):
-                break
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            stop_group(proc, timeout)
 
     def stderr(self) -> str:
         return _tail(self.stderr_path)
@@ -204,21 +190,6 @@ class DagsterWebserver:
         if answer.get("errors"):
             raise GraphQLError(json.dumps(answer["errors"], indent=1)[:4000])
         return answer["data"]
-
-
-def _group_alive(pgid: int, wait: float) -> bool:
-    """Whether any process of group ``pgid`` is still alive after up to ``wait`` seconds."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        if time.monotonic() >= deadline:
-            return True
-        time.sleep(0.2)
 
 
 # --- headless Chromium ----------------------------------------------------------------------
