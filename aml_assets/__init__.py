@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "aml_assets.data.checks": ["ExpectedColumns", "NotNull", "RowCount", "SchemaDrift", "UniqueKey"],
     "aml_assets.compute.cluster": ["CpuCluster", "LocalProcessCluster"],
+    "aml_assets.compute.celery_cluster": ["CeleryCpuCluster"],
     "aml_assets.compute.spark": ["SparkPool"],
+    "aml_assets.compute.kubernetes": ["KubernetesCluster"],
     "aml_assets.data.datasets": ["DatasetRef", "FileDataset", "InputMode", "OutputDataset", "TabularDataset"],
     "aml_assets.data.datastore": ["Datastore", "LocalDatastore"],
     "aml_assets.errors": [
@@ -28,6 +30,9 @@ _EXPORTS = {
     "aml_assets.pipeline.definition": ["Pipeline"],
     "aml_assets.data.registry": ["DatasetRegistry", "RegisteredDataset"],
     "aml_assets.pipeline.steps": ["Environment", "PythonScriptStep", "SynapseSparkStep"],
+    "aml_assets.pipeline.command_step": ["CommandStep"],
+    "aml_assets.pipeline.transfer": ["DataTransferStep", "TransferDestination"],
+    "aml_assets.pipeline.parallel_run": ["ParallelRunConfig", "ParallelRunStep"],
     "aml_assets.pipeline.datapath": ["DataPath", "DataPathComputeBinding", "DataPathParameter"],
     "aml_assets.pipeline.publish": ["EndpointVersion", "PipelineEndpoint", "PublishError", "PublishedPipeline"],
     "aml_assets.service.schedules": ["Schedule", "ScheduleError", "ScheduleRecurrence"],
@@ -52,7 +57,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from aml_assets.compute.celery_cluster import CeleryCpuCluster
     from aml_assets.compute.cluster import CpuCluster, LocalProcessCluster
+    from aml_assets.compute.kubernetes import KubernetesCluster
     from aml_assets.compute.spark import SparkPool
     from aml_assets.data.checks import ExpectedColumns, NotNull, RowCount, SchemaDrift, UniqueKey
     from aml_assets.data.datasets import (
@@ -73,8 +80,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         PipelineValidationError,
         StepFailedError,
     )
+    from aml_assets.pipeline.command_step import CommandStep
     from aml_assets.pipeline.datapath import DataPath, DataPathComputeBinding, DataPathParameter
     from aml_assets.pipeline.definition import Pipeline
+    from aml_assets.pipeline.parallel_run import ParallelRunConfig, ParallelRunStep
     from aml_assets.pipeline.parameters import ParameterValueError, PipelineParameter
     from aml_assets.pipeline.publish import (
         EndpointVersion,
@@ -83,5 +92,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         PublishError,
     )
     from aml_assets.pipeline.steps import Environment, PythonScriptStep, SynapseSparkStep
+    from aml_assets.pipeline.transfer import DataTransferStep, TransferDestination
     from aml_assets.service.experiment import Experiment, PipelineRun, StepRun
     from aml_assets.service.schedules import Schedule, ScheduleError, ScheduleRecurrence

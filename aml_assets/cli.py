@@ -5,7 +5,6 @@ warm."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -337,16 +336,10 @@ def _pool_settings(args: argparse.Namespace) -> tuple[SparkPool, str]:
         return SparkPool(), "the default local pool settings (no -f given, no ./definitions.py)"
     if not path.is_file():
         raise AmlAssetsError(f"Definitions file {path} does not exist; give the project's with -f.")
-    from dagster import Definitions
+    from aml_assets.compute.definitions_file import definitions_resources, import_definitions_file
 
-    # As `dagster job execute -f` does: the file's folder is importable (its resources/ etc.).
-    sys.path.insert(0, str(path.resolve().parent))
-    spec = importlib.util.spec_from_file_location("aml_assets_cli_definitions", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    pools = {}
-    for defs in (v for v in vars(module).values() if isinstance(v, Definitions)):
-        pools.update({k: r for k, r in (defs.resources or {}).items() if isinstance(r, SparkPool)})
+    module = import_definitions_file(path, "aml_assets_cli_definitions")
+    pools = {k: r for k, r in definitions_resources(module).items() if isinstance(r, SparkPool)}
     pool = pools.get(args.name)
     if pool is None:
         raise AmlAssetsError(
@@ -602,6 +595,19 @@ def build_parser() -> argparse.ArgumentParser:
     tk_sub.add_parser("revoke", help="revoke a token").add_argument("token", help="its id or name")
     tk.set_defaults(func=cmd_tokens)
 
+    wk = sub.add_parser(
+        "worker",
+        help="a Celery worker of CPU clusters: runs the steps queued for the named compute targets",
+    )
+    wk.add_argument("targets", nargs="+", metavar="TARGET", help="compute targets (queues) it serves, e.g. cpucluster spark01")
+    wk.add_argument("--concurrency", "-c", type=int, default=1, help="steps it runs at once (default 1)")
+    wk.add_argument("--broker", help="Redis URL of the cluster's broker (default $AML_CELERY_BROKER)")
+    wk.add_argument("--hostname", "-n", help="its Celery node name (default TARGETS-PID@HOST; unique per worker)")
+    wk.add_argument("--file", "-f", help="the project's definitions file: preloaded, and its CeleryCpuCluster "
+                    "settings (broker, step timeouts) apply")
+    wk.add_argument("--loglevel", "-l", default="INFO", help="worker log level (default INFO)")
+    wk.set_defaults(func=cmd_worker)
+
     upp = sub.add_parser(
         "up",
         help="start the service on loopback: the Dagster UI, the dagster-daemon (run queue, "
@@ -612,9 +618,25 @@ def build_parser() -> argparse.ArgumentParser:
     upp.add_argument("--ui-port", type=int, default=3000, help="port of the Dagster UI (default 3000)")
     upp.add_argument("--api-port", type=int, default=8787, help="port of the HTTP API (default 8787)")
     upp.add_argument("--detach", action="store_true", help="run in the background; stop with 'aml-assets down'")
+    cl = upp.add_argument_group(
+        "a local cluster (--cluster): PostgreSQL, Redis, Azurite, a Spark standalone master+worker, "
+        "the UI, the daemon and Celery workers, on loopback (service/cluster_up.py)"
+    )
+    cl.add_argument("--cluster", action="store_true", help="start the local cluster instead of the service")
+    cl.add_argument("--workers", type=int, default=2, help="Celery workers of the cluster (default 2)")
+    cl.add_argument("--concurrency", type=int, default=1, help="steps each worker runs at once (default 1)")
     upp.set_defaults(func=cmd_up)
-    dn = sub.add_parser("down", help="stop the service started by 'aml-assets up'")
+    dn = sub.add_parser("down", help="stop the service started by 'aml-assets up' (or --cluster: the cluster)")
+    dn.add_argument("--cluster", action="store_true", help="stop the local cluster started by 'aml-assets up --cluster'")
+    cu = sub.add_parser("cluster", help="the local cluster: 'aml-assets cluster env' prints the exports that select it")
+    cu.add_argument("action", choices=["env"], help="env: export lines for runs on the cluster (eval them)")
+    for command in (upp, dn, cu):
+        command.add_argument(
+            "--cluster-dir", type=Path, default=Path(os.environ.get("AML_CLUSTER_DIR", ".aml_cluster")),
+            help="the cluster's folder: its servers' data, logs and state (default $AML_CLUSTER_DIR or ./.aml_cluster)",
+        )
     dn.set_defaults(func=cmd_down)
+    cu.set_defaults(func=cmd_cluster)
     return parser
 
 
@@ -666,17 +688,11 @@ def cmd_runner(args: argparse.Namespace, out) -> int:
 
 def _load_pipeline(definitions: str, job: str | None):
     """The pipeline behind ``job`` in a definitions file (imported as Dagster would load it)."""
-    import importlib.util
-
+    from aml_assets.compute.definitions_file import import_definitions_file
     from aml_assets.pipeline import definition
 
-    path = Path(definitions).resolve()
-    if not path.is_file():
-        raise AmlAssetsError(f"Definitions file '{definitions}' not found; pass -f PATH.")
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(f"_aml_definitions_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    path = Path(definitions)
+    import_definitions_file(path, f"_aml_definitions_{path.stem}")
     built = definition.built_pipeline_names()
     if job is None:
         if len(built) != 1:
@@ -835,10 +851,38 @@ def cmd_tokens(args: argparse.Namespace, out) -> int:
     return cli_tokens(args, out)
 
 
+def cmd_worker(args: argparse.Namespace, out) -> int:
+    """A Celery worker serving CPU-cluster queues (runs until SIGTERM / Ctrl-C)."""
+    from aml_assets.compute.celery_worker import run_worker
+
+    run_worker(
+        args.targets,
+        concurrency=args.concurrency,
+        broker=args.broker,
+        hostname=args.hostname,
+        definitions=args.file,
+        loglevel=args.loglevel,
+    )
+    return 0
+
+
 def cmd_up(args: argparse.Namespace, out) -> int:
     """The service: webserver, daemon and HTTP API on loopback, on the project's instance."""
     from aml_assets.service.up import ServiceSettings, up, up_detached
 
+    if args.cluster:
+        from aml_assets.service.cluster_up import ClusterSettings, up_cluster
+
+        if args.host != "127.0.0.1":
+            raise AmlAssetsError(
+                "--cluster listens on 127.0.0.1 only (its servers trust loopback); for workers on "
+                "other machines see the README's 'Scaling out'."
+            )
+        cluster = ClusterSettings(
+            directory=args.cluster_dir, workspace=Path(args.workspace), ui_port=args.ui_port,
+            workers=args.workers, concurrency=args.concurrency,
+        )
+        return up_cluster(cluster, out, detach=args.detach)
     _use_project_home(create=True)
     settings = ServiceSettings(
         workspace=Path(args.workspace), host=args.host, ui_port=args.ui_port, api_port=args.api_port
@@ -850,8 +894,20 @@ def cmd_up(args: argparse.Namespace, out) -> int:
 def cmd_down(args: argparse.Namespace, out) -> int:
     from aml_assets.service.up import down
 
+    if args.cluster:
+        from aml_assets.service.cluster_up import down_cluster
+
+        return down_cluster(args.cluster_dir, out)
     _use_project_home(create=False)
     return down(Path(os.environ["DAGSTER_HOME"]), out)
+
+
+def cmd_cluster(args: argparse.Namespace, out) -> int:
+    """``cluster env``: the exports that select the running local cluster."""
+    from aml_assets.service.cluster_up import cluster_env_lines
+
+    print("\n".join(cluster_env_lines(args.cluster_dir)), file=out)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, out=None) -> int:

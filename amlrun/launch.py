@@ -54,7 +54,14 @@ def main(argv: list[str]) -> None:
             sys.path.insert(0, entry)
         import runpy
 
-        runpy.run_path(str(script), run_name="__main__")
+        from amlrun.context import Run, input_path_env, stdout_kept
+
+        run = Run.get_context()
+        # v1 puts each input's path in a variable named after it (os.environ["step2_input"]).
+        for name, path in input_path_env(run).items():
+            os.environ.setdefault(name, path)
+        with stdout_kept(run):
+            runpy.run_path(str(script), run_name="__main__")
 
 
 def _enter_readonly_view(paths_json: str) -> None:

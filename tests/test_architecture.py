@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aml_assets"
-LAYERS = ["errors", "data", "reuse", "compute", "pipeline", "service", "cli"]
+LAYERS = ["errors", "data", "reuse", "compute", "pipeline", "service", "cli", "compat"]
 
 
 @pytest.mark.parametrize(

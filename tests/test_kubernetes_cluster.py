@@ -408,7 +408,7 @@ def test_celery_and_kubernetes_targets_in_one_pipeline_are_refused_when_built(tm
         ("gpucluster", KubernetesCluster(vm_size="STANDARD_NC6")),
     ]
     if order == "kubernetes first":
-        targets = [(name, r) for (name, _), (_, r) in zip(targets, reversed(targets))]
+        targets = [(name, r) for (name, _), (_, r) in zip(targets, reversed(targets), strict=True)]
     with pytest.raises(ComputeTargetError, match="mix Celery clusters and Kubernetes clusters"):
         small_pipeline(tmp_path).to_definitions({"workspace": LocalDatastore(), **dict(targets)})
 

@@ -124,6 +124,9 @@ class StepLaunch:
     secrets: list[str] = field(default_factory=lambda: collect_secrets([]))
     #: Whether the script may see datastore credentials in its environment (the step's setting).
     datastore_credentials: bool = False
+    #: The step's ``params`` as ``AML_PARAMETER_<name>`` variables (set after the environment's
+    #: own; any such variable this process inherited is not passed on).
+    parameter_env: dict[str, str] = field(default_factory=dict)
 
     def redactor(self) -> Redactor:
         """Redacts this step's secrets (and key-like assignments) from text."""
@@ -183,6 +186,8 @@ _RESERVED_ENV_VARS = frozenset(
     }
 )
 _RESERVED_ENV_PREFIXES = ("AML_", "DAGSTER_PIPES_")
+#: Prefix of the variables a step's ``params`` are delivered in (Azure's ``AML_PARAMETER_``).
+PARAM_ENV_PREFIX = "AML_PARAMETER_"
 
 
 def reserved_env_var(name: str) -> bool:
@@ -253,9 +258,11 @@ def run_script_process(cluster: CpuCluster, launch: StepLaunch) -> dict[str, Any
         message_reader=_RedactingMessageReader(redact),
     ) as session:
         env = {
-            **full_environ(),
+            # A step sees its own params only, never ones this process was started with.
+            **{k: v for k, v in full_environ().items() if not k.startswith(PARAM_ENV_PREFIX)},
             # The environment's variables, then ours: they never override a control variable.
             **_user_env_vars(launch),
+            **launch.parameter_env,
             **session.get_bootstrap_env_vars(),
             CONTEXT_ENV: str(ctx_file),
             "PYTHONUNBUFFERED": "1",

@@ -45,6 +45,19 @@ class DatasetInput:
     def __repr__(self) -> str:
         return f"<input {self.name}: {self.dataset.name} as {self.mode.value}>"
 
+    def as_mount(self) -> DatasetInput:
+        """The same input, read in place (v1's ``ds.as_named_input(name).as_mount()``)."""
+        return DatasetInput(self.dataset, self.name, InputMode.MOUNT)
+
+    def as_download(self) -> DatasetInput:
+        """The same input, as a private local copy (v1's ``....as_download()``)."""
+        return DatasetInput(self.dataset, self.name, InputMode.DOWNLOAD)
+
+    def as_hdfs(self) -> DatasetInput:
+        """The same input as a path Spark reads itself (v1's ``....as_hdfs()`` for a Synapse
+        step): delivered direct."""
+        return DatasetInput(self.dataset, self.name, InputMode.DIRECT)
+
 
 @dataclass(eq=False)
 class DatasetDef:

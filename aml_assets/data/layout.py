@@ -19,6 +19,8 @@ _snapshots/pipelines/<digest>.json               a pipeline's snapshot: each ste
 _endpoints/<name>.json                           a pipeline endpoint: its versions and default version
 _schedules/<name>.json                           a schedule or data-change trigger
 _environments/locks/<request_digest>.json        the recorded lock of a step environment request
+_minibatches/<key[:2]>/<key>.json                a ParallelRunStep mini-batch result's record, by its key (disposable)
+_minibatches/<key[:2]>/<key>-<attempt>/         that result's rows and files
 ```
 
 The ledger, the registry, the IO manager and gc all use these helpers, so the layout is written
@@ -39,6 +41,7 @@ SNAPSHOTS = "_snapshots"
 ENDPOINTS = "_endpoints"
 SCHEDULES = "_schedules"
 ENVIRONMENTS = "_environments"
+MINIBATCHES = "_minibatches"
 
 
 _VERSION_WIDTH = 6  # zero-padded, so a listing sorts by version
@@ -193,6 +196,12 @@ def schedule_record(name: str) -> str:
 def environment_lock_record(request_digest: str) -> str:
     """The lock recorded for an environment request, so a rerun next month resolves the same."""
     return f"{ENVIRONMENTS}/locks/{request_digest}.json"
+
+
+def minibatch_dir(key: str) -> str:
+    """Where one mini-batch result of a ParallelRunStep lives, content-addressed: ``<this>.json``
+    is its record, ``<this>-<attempt>/`` its rows and files (``reuse.minibatch_cache``)."""
+    return f"{MINIBATCHES}/{key[:2]}/{key}"
 
 
 def is_protected(rel: str) -> bool:

@@ -4,6 +4,7 @@ step (its outputs), checks on them, and the pipeline's job."""
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from aml_assets.data.checks import ExpectedColumns, check_specs, needs_history, 
 from aml_assets.data.datasets import DatasetRef, SourceDataset
 from aml_assets.data.datastore import Datastore, open_stat_cache
 from aml_assets.data.io_manager import EXTRA_TAGS_KEY, REGISTERED_KEY, DatastoreIOManager
+from aml_assets.data.references import deliver_destinations, destination_datastores
 from aml_assets.data.registry import DatasetRegistry
 from aml_assets.data.sources import materialize_source
 from aml_assets.errors import DatasetCheckFailedError, DatasetError
@@ -54,6 +56,11 @@ IO_MANAGER_KEY = "aml_io"
 REUSE_TAG = "aml/reuse"
 
 
+#: Steps of a parallel run finish in threads of one process: their run-tag writes (a read and a
+#: rewrite of the whole run record) must not interleave, or one step's tag is lost.
+_RUN_TAGS_LOCK = threading.Lock()
+
+
 def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel: bool) -> Definitions:
     """The assets, checks, job and resources of a (validated) pipeline."""
     # A DataPath parameter may name any of them in a run.
@@ -61,16 +68,26 @@ def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel
     # One group per pipeline: the UI's lineage draws a lone group's assets directly, where
     # several groups open as collapsed boxes.
     group = pipeline.name
+    # Source datasets are hashed by whichever node runs their op: on a Celery cluster, a worker
+    # of its (first) queue; no worker serves Celery's default queue.
+    source_tags = _step_op_tags(None, resources)
     assets: list[AssetsDefinition] = [
-        _source_asset(ds, group) for ds in pipeline.source_datasets()
+        _source_asset(ds, group, source_tags) for ds in pipeline.source_datasets()
     ] + [
-        _datapath_asset(p, datastores, group)
+        _datapath_asset(p, datastores, group, source_tags)
         for p in pipeline.parameters()
         if isinstance(p, DataPathParameter)
-    ] + [_step_asset(pipeline, step, datastores) for step in pipeline.steps]
+    ] + [
+        _step_asset(pipeline, step, datastores, _step_op_tags(step.compute_target, resources))
+        for step in pipeline.steps
+    ]
     # The pipeline's executor is also the Definitions' default, so whatever a user launches
-    # (the job, "Materialize all", one asset, a re-execution) runs with the same settings.
-    executor = _parallel_executor(resources) if parallel else in_process_executor
+    # (the job, "Materialize all", one asset, a re-execution) runs with the same settings. A
+    # cluster of many machines (Celery workers, Kubernetes) brings its own executor, parallel
+    # or not: spreading steps over nodes is what it is for.
+    executor = _cluster_executor(resources) or (
+        _parallel_executor(resources) if parallel else in_process_executor
+    )
     job = define_asset_job(
         pipeline.name,
         selection=[k for a in assets for k in a.keys],
@@ -92,6 +109,55 @@ def build_definitions(pipeline: Pipeline, resources: Mapping[str, Any], parallel
             RUN_SETTINGS_KEY: pipeline.settings_resource(resources),
         },
     )
+
+
+def _cluster_executor(resources: Mapping[str, Any]):
+    """The executor of a pipeline with a Celery CPU cluster (``aml_celery``) or a Kubernetes
+    one (``k8s_job_executor``), else None."""
+    from aml_assets.compute.celery_cluster import CeleryCpuCluster, celery_executor
+    from aml_assets.compute.kubernetes import KubernetesCluster, kubernetes_executor
+    from aml_assets.errors import ComputeTargetError
+    from aml_assets.pipeline.orphans import watch_orchestrator
+
+    kinds = {
+        name: kind for kind in (CeleryCpuCluster, KubernetesCluster)
+        for name, r in resources.items() if isinstance(r, kind)
+    }
+    if len(set(kinds.values())) > 1:
+        # One run has one executor: Celery workers cannot start Kubernetes jobs, nor the reverse.
+        raise ComputeTargetError(
+            "A pipeline's steps all run under one executor, but its compute targets mix Celery "
+            f"clusters and Kubernetes clusters ({', '.join(f'{n}: {k.__name__}' for n, k in sorted(kinds.items(), key=lambda i: i[0]))}): "
+            "configure every CPU target of the pipeline as the same kind."
+        )
+    # The orchestrator tags the run with its own process (the steps' processes are workers'),
+    # and is the one writer of the steps' reuse tags.
+    return celery_executor(
+        resources, on_run_start=watch_orchestrator, run_tags_of=_reuse_run_tags
+    ) or kubernetes_executor(resources)
+
+
+def _reuse_run_tags(event: Any) -> dict[str, str]:
+    """The run tag a step's materialization event implies (``aml/reuse/<step>``), or none."""
+    if not event.is_step_materialization or not event.step_key:
+        return {}
+    value = (event.step_materialization_data.materialization.tags or {}).get(REUSE_TAG)
+    return {f"{REUSE_TAG}/{event.step_key}": value} if value else {}
+
+
+def _step_op_tags(target: str | None, resources: Mapping[str, Any]) -> dict[str, str]:
+    """Op tags a step's compute target adds (``target`` None: a source dataset's op): its
+    Celery queue (every op of a run on Celery workers has one) or its Kubernetes pod settings."""
+    from aml_assets.compute.celery_cluster import QUEUE_TAG, CeleryCpuCluster, step_queue
+
+    celery = sorted(k for k, r in resources.items() if isinstance(r, CeleryCpuCluster))
+    if celery:
+        return {QUEUE_TAG: step_queue(target or celery[0], resources)}
+    if target is None:
+        return {}
+    from aml_assets.compute.kubernetes import kubernetes_op_tags
+
+    return kubernetes_op_tags(target, resources.get(target))
 
 
 def _parallel_executor(resources: Mapping[str, Any]):
@@ -144,9 +210,10 @@ def _run_checks(dataset: str, checks: list, ref: DatasetRef, store: Datastore):
     return run_checks(dataset, checks, ref, store, previous)
 
 
-def _source_asset(ds: SourceDataset, group: str) -> AssetsDefinition:
+def _source_asset(ds: SourceDataset, group: str, op_tags: Mapping[str, str] | None = None) -> AssetsDefinition:
     @asset(
         name=ds.name,
+        op_tags=dict(op_tags or {}),
         description=ds.description or f"Source dataset at '{ds.path}' on datastore '{ds.datastore}'",
         io_manager_key=IO_MANAGER_KEY,
         required_resource_keys={ds.datastore},
@@ -172,11 +239,14 @@ def _describe_source(context, ds: SourceDataset, store: Datastore, missing_hint:
     yield from results
 
 
-def _datapath_asset(p: DataPathParameter, datastores: list[str], group: str) -> AssetsDefinition:
+def _datapath_asset(
+    p: DataPathParameter, datastores: list[str], group: str, op_tags: Mapping[str, str] | None = None
+) -> AssetsDefinition:
     """A DataPath parameter as a source asset: the run's value says where the data is."""
 
     @asset(
         name=p.name,
+        op_tags=dict(op_tags or {}),
         description=p.description or f"DataPath parameter (default {p.default_value}); set per run",
         io_manager_key=IO_MANAGER_KEY,
         # A run may name any datastore, so every one is available to the asset.
@@ -303,25 +373,37 @@ def _asset_out(pipeline: Pipeline, step: Step, o: Any) -> AssetOut:
     )
 
 
-def _step_asset(pipeline: Pipeline, step: Step, datastores: list[str]) -> AssetsDefinition:
+def _step_asset(
+    pipeline: Pipeline, step: Step, datastores: list[str], op_tags: Mapping[str, str] | None = None
+) -> AssetsDefinition:
     inputs = {i.dataset.name: i.dataset for i in step.all_inputs()}
     outs = {o.name: _asset_out(pipeline, step, o) for o in step.all_outputs()}
     stores = {pipeline.datastore} | {
         d.datastore for d in inputs.values() if isinstance(d, SourceDataset)
-    }
+    } | destination_datastores(step.all_outputs())  # OutputFileDatasetConfig(destination=)
     if any(isinstance(d, DataPathParameter) for d in inputs.values()):
         stores |= set(datastores)  # a run's DataPath value may name any of them
+    # Outputs on another datastore (a DataTransferStep's destination): its own, and those read.
+    stores |= {
+        o.datastore for s in pipeline.steps if not s.runs_code
+        for o in s.all_outputs() if s is step or o.name in inputs
+    }
 
     @multi_asset(
         name=step.name,
         outs=outs,
         check_specs=[spec for o in step.all_outputs() for spec in check_specs(o.name, o.checks)],
         ins={name: AssetIn(key=AssetKey(name)) for name in inputs},
+        # run_after: ordered after those steps' outputs, carrying no data (issue 11).
+        deps=[
+            AssetKey(o.name) for s in pipeline.ordered_after(step) for o in s.all_outputs() if o.name not in inputs
+        ],
         required_resource_keys={step.compute_target, RUN_SETTINGS_KEY, *stores},
-        op_tags={COMPUTE_TAG: step.compute_target},
+        op_tags={COMPUTE_TAG: step.compute_target, **(op_tags or {})},
         description=step.description or f"{step.kind} step running {step.script}",
     )
     def _step(context, **refs):
+        from aml_assets.compute.celery_worker import running_in_worker
         from aml_assets.compute.secrets import collect_secrets
         from aml_assets.pipeline.orphans import watch_run
 
@@ -336,7 +418,8 @@ def _step_asset(pipeline: Pipeline, step: Step, datastores: list[str]) -> Assets
         workspace = getattr(context.resources, pipeline.datastore)
         # A run of a published version runs that version's frozen scripts, not the live folder.
         run_step = step_for_run(step, context.run.tags, workspace, context.log)
-        execution = StepExecution(
+        # A step kind with its own way to run (CommandStep, DataTransferStep) names it.
+        execution = getattr(run_step, "execution_type", StepExecution)(
             step=run_step,
             run_id=context.run_id,
             log=context.log,
@@ -350,6 +433,7 @@ def _step_asset(pipeline: Pipeline, step: Step, datastores: list[str]) -> Assets
             stat_cache=open_stat_cache(),
             dagster_context=context,
             secrets=collect_secrets(getattr(context.resources, k) for k in stores),
+            continue_on_failure=pipeline.continue_on_step_failure,
         )
         try:
             result = execution.execute()
@@ -363,11 +447,21 @@ def _step_asset(pipeline: Pipeline, step: Step, datastores: list[str]) -> Assets
         if error := _check_failure(failures):
             yield from results  # reported first, so the failed checks show in the UI
             raise error
-        # A run tag per step (shown on the run's page and in the runs list): which steps of the
-        # run were reused and which computed, without opening any event.
-        context.instance.add_run_tags(
-            context.run_id, {f"{REUSE_TAG}/{step.name}": "reused" if result.reused else "computed"}
+        deliver_destinations(  # v1 OutputFileDatasetConfig(destination=)
+            step.all_outputs(), result.refs, {k: getattr(context.resources, k) for k in stores},
+            workspace, context.run_id, context.log,
         )
+        # A run tag per step (shown on the run's page and in the runs list): which steps of the
+        # run were reused and which computed, without opening any event. On Celery workers the
+        # orchestrator writes it from the materialization (_reuse_run_tags): Dagster rewrites the
+        # whole run record to add a tag, so steps tagging at once from several processes lose
+        # each other's tags.
+        # In one process (the threaded executor's steps) a lock orders the writes.
+        if not running_in_worker():
+            with _RUN_TAGS_LOCK:
+                context.instance.add_run_tags(
+                    context.run_id, {f"{REUSE_TAG}/{step.name}": "reused" if result.reused else "computed"}
+                )
         checks_of = {o.name: o.checks for o in step.all_outputs()}
         for name, ref in result.refs.items():
             meta = _output_metadata(ref, result, result.outputs[name], step.name, checks_of.get(name, []))

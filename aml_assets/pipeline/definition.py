@@ -19,14 +19,16 @@ from dagster import (
     ConfigurableResource,
     Definitions,
 )
+from dagster._core.definitions.utils import DISALLOWED_NAMES
 from pydantic import Field, create_model, model_validator
 
 from aml_assets.compute.cluster import CpuCluster
 from aml_assets.compute.environments import Environment
-from aml_assets.compute.launch import reserved_env_var
+from aml_assets.compute.launch import PARAM_ENV_PREFIX, reserved_env_var
 from aml_assets.compute.spark import SparkPool, memory_string_problem
-from aml_assets.data.datasets import OutputDataset, SourceDataset
+from aml_assets.data.datasets import DatasetInput, OutputDataset, SourceDataset
 from aml_assets.data.datastore import Datastore, check_relative_path
+from aml_assets.data.references import reference_problems
 from aml_assets.errors import (
     DatastoreError,
     PipelineValidationError,
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from aml_assets.pipeline.publish import PublishedPipeline
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Names Dagster refuses for an op (Python keywords, "context", "config", "input", ...).
+_DAGSTER_RESERVED = frozenset(DISALLOWED_NAMES)
 
 
 class PipelineRunSettings(ConfigurableResource):
@@ -105,23 +109,55 @@ class Pipeline:
         name: str,
         steps: Sequence[Step],
         description: str | None = None,
-        datastore: str = "workspace",
+        datastore: str | None = None,
         environment: Environment | None = None,
+        *,
+        default_source_directory: Path | str | None = None,
+        default_datastore: str | None = None,
+        continue_on_step_failure: bool = True,
     ):
+        """A pipeline named ``name`` running ``steps``.
+
+        ``datastore`` (or Azure's name for it, ``default_datastore``; default "workspace") is
+        where every step output is published and the reuse ledger kept. A step without a
+        ``source_directory`` uses ``default_source_directory``. With
+        ``continue_on_step_failure=True`` (the default here; Azure's is False) the steps that do
+        not depend on a failed step still run; with False, no step starts after one has failed
+        (those already running finish). Either way the run ends failed.
+        """
+        if datastore is not None and default_datastore is not None and datastore != default_datastore:
+            raise ValueError(
+                f"Pipeline '{name}': datastore='{datastore}' and default_datastore="
+                f"'{default_datastore}' name the same setting; give one of them."
+            )
         self.name = name
         #: The environment of every step that declares none (``Step.environment``).
         self.environment = environment
-        # Such a step is copied with the pipeline's environment, so a step shared by two
-        # pipelines runs in each one's default.
-        self.steps = [
-            dataclasses.replace(s, environment=environment)
-            if environment is not None and s.environment is None else s
-            for s in steps
-        ]
+        self.default_source_directory = (
+            Path(default_source_directory).expanduser().resolve()
+            if default_source_directory is not None else None
+        )
+        self.continue_on_step_failure = continue_on_step_failure
+        # A step relying on a pipeline default is copied with it, so a step shared by two
+        # pipelines runs with each one's default.
+        self.steps = [self._with_defaults(s) for s in steps]
         self.description = description
-        self.datastore = datastore
+        self.datastore = datastore or default_datastore or "workspace"
         #: The resources of the last ``to_definitions`` call (None before): publishing uses them.
         self.resources: dict[str, Any] | None = None
+
+    @property
+    def default_datastore(self) -> str:
+        """Azure's name for ``datastore``: where the step outputs are published."""
+        return self.datastore
+
+    def _with_defaults(self, step: Step) -> Step:
+        changes: dict[str, Any] = {}
+        if self.environment is not None and step.environment is None:
+            changes["environment"] = self.environment
+        if step.source_directory is None and self.default_source_directory is not None:
+            changes["source_directory"] = self.default_source_directory
+        return dataclasses.replace(step, **changes) if changes else step
 
     # --- structure ------------------------------------------------------------------------
     def producers(self) -> dict[str, list[str]]:
@@ -150,12 +186,18 @@ class Pipeline:
         return list(seen.values())
 
     def upstream_steps(self, step: Step) -> set[str]:
-        """Names of the steps whose outputs ``step`` reads."""
+        """Names of the steps whose outputs ``step`` reads, or that it runs after."""
         producers = self.producers()
         return {
             p for i in step.all_inputs() if isinstance(i.dataset, OutputDataset)
             for p in producers.get(i.dataset.name, [])
-        }
+        } | {s.name for s in step.ordered_after}
+
+    def ordered_after(self, step: Step) -> list[Step]:
+        """The steps of this pipeline ``step`` runs after without reading their outputs (the
+        pipeline's own copies, which may carry its defaults)."""
+        by_name = {s.name: s for s in self.steps}
+        return [by_name[s.name] for s in step.ordered_after if s.name in by_name]
 
     # --- validation -------------------------------------------------------------------------
     def problems(self, resources: Mapping[str, Any] | None = None) -> list[str]:
@@ -165,12 +207,31 @@ class Pipeline:
         if not self.steps:
             problems.append("it has no steps; give Pipeline(steps=[...]) at least one step")
         for name in sorted({n for n in names if names.count(n) > 1}):
-            problems.append(f"two steps are named '{name}'; step names must be unique")
+            same = [s for s in self.steps if s.name == name]
+            if any(s.name_from_script for s in same):
+                scripts = ", ".join(
+                    f"'{s.script}'" + (" (name from its script)" if s.name_from_script else "")
+                    for s in same
+                )
+                problems.append(
+                    f"two steps are named '{name}' ({scripts}): a step without name= is named "
+                    "after its script; give each step its own name="
+                )
+            else:
+                problems.append(f"two steps are named '{name}'; step names must be unique")
         for name in [self.name, *names]:
             if not _NAME.match(name):
                 problems.append(f"'{name}' is not a valid name; use letters, digits and underscores")
+        for step in self.steps:
+            if step.name in _DAGSTER_RESERVED:
+                origin = f" (from its script '{step.script}')" if step.name_from_script else ""
+                problems.append(
+                    f"step name '{step.name}'{origin} is a word Dagster reserves; give the step "
+                    "another name="
+                )
         producers = self.producers()
         sources = {d.name: d for d in self.source_datasets()}
+        problems.extend(_source_name_clashes(self.steps))
         for dataset, writers in sorted(producers.items()):
             if len(writers) > 1:
                 problems.append(
@@ -280,7 +341,17 @@ class Pipeline:
     ) -> list[str]:
         out = []
         where = f"step '{step.name}'"
-        if not step.source_directory.is_dir():
+        out.extend(self._ordering_problems(step, where))
+        out.extend(_param_problems(step, where))
+        if not step.runs_code:
+            pass  # a DataTransferStep: no script, no source directory (transfer.py checks it)
+        elif step.source_directory is None:
+            out.append(
+                f"{where} has no source_directory and pipeline '{self.name}' no "
+                "default_source_directory; give one of them (the folder holding "
+                f"'{step.script}')"
+            )
+        elif not step.source_directory.is_dir():
             out.append(f"{where}: source directory '{step.source_directory}' does not exist")
         elif not step.script_path.is_file():
             out.append(
@@ -298,11 +369,20 @@ class Pipeline:
                     "datastore holds" + (f". Did you mean '{hint[0]}'?" if hint else "")
                 )
         for o in step.all_outputs():
+            if o.datastore not in ("workspace", self.datastore) and step.runs_code:
+                # OutputDataset's default names "workspace": only another name is a choice.
+                out.append(
+                    f"{where}: output '{o.name}' names datastore '{o.datastore}', but every output "
+                    f"of a pipeline is published on its datastore ('{self.datastore}'), where its "
+                    "reuse ledger is; drop datastore= or set Pipeline(default_datastore=...)"
+                )
             if not _NAME.match(o.name):
                 out.append(f"{where}: output name '{o.name}' is not valid; use letters, digits and underscores")
         if not step.all_outputs():
             out.append(f"{where} has no outputs; pass an OutputDataset in its arguments or outputs=")
+        out.extend(reference_problems(step.all_outputs(), where, resources))  # destination=
         out.extend(_environment_problems(step, where))
+        out.extend(step.own_problems(where, resources))  # a step kind's own settings
         if isinstance(step, SynapseSparkStep):
             for label in ("driver_memory", "executor_memory"):
                 value = getattr(step, label)
@@ -331,6 +411,20 @@ class Pipeline:
                 )
         return out
 
+    def _ordering_problems(self, step: Step, where: str) -> list[str]:
+        """What is wrong with the steps ``step`` runs after (``run_after``)."""
+        out = []
+        by_name = {s.name: s for s in self.steps}
+        for other in step.ordered_after:
+            if other.name not in by_name:
+                out.append(
+                    f"{where} runs after step '{other.name}', which is not in pipeline "
+                    f"'{self.name}'; add it to steps= or drop the run_after"
+                )
+            elif other.name == step.name:
+                out.append(f"{where} runs after a step of its own name; rename one of them")
+        return out
+
     def _find_cycle(self) -> list[str] | None:
         by_name = {s.name: s for s in self.steps}
         edges = {s.name: sorted(self.upstream_steps(s)) for s in self.steps}
@@ -356,11 +450,19 @@ class Pipeline:
                 return found
         return None
 
-    def validate(self, resources: Mapping[str, Any] | None = None) -> None:
-        """Raise ``PipelineValidationError`` listing every problem, if there are any."""
+    def validate(
+        self, resources: Mapping[str, Any] | None = None, *, raise_errors: bool = True
+    ) -> list[str]:
+        """Every problem with this pipeline, as Azure's ``validate()`` returns them.
+
+        By default an invalid pipeline raises ``PipelineValidationError`` listing them all (what
+        ``to_definitions`` and ``publish`` rely on); ``raise_errors=False`` only returns the
+        list (empty: valid), like Azure ML SDK v1.
+        """
         problems = self.problems(resources)
-        if problems:
+        if problems and raise_errors:
             raise PipelineValidationError(self.name, problems)
+        return problems
 
     # --- publishing -------------------------------------------------------------------------
     def publish(
@@ -418,7 +520,7 @@ class Pipeline:
         """
         from aml_assets.pipeline.assets import build_definitions
 
-        self.validate(resources)
+        self.validate(resources, raise_errors=True)
         defs = build_definitions(self, resources, parallel)
         # Remembered, so `aml-assets publish -f definitions.py -j NAME` finds the pipeline
         # (with its resources) behind a job after importing the definitions file.
@@ -467,6 +569,45 @@ def _settings_field(p: PipelineParameter | DataPathParameter) -> tuple[Any, Any]
     description = f"{p.description} " if p.description else ""
     description += f"Allowed: {p.allowed()}; default {p.default_value!r}."
     return annotation, Field(default=p.default_value, description=description, ge=p.min, le=p.max)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Names Dagster refuses for an op (Python keywords, "context", "config", "input", ...).
+_DAGSTER_RESERVED = frozenset(DISALLOWED_NAMES)
+
+
+def _param_problems(step: Step, where: str) -> list[str]:
+    """What is wrong with a step's ``params`` (each becomes ``AML_PARAMETER_<name>``)."""
+    out = []
+    for name, value in step.param_values().items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            out.append(
+                f"{where}: params name {name!r} cannot be part of an environment variable name "
+                f"({PARAM_ENV_PREFIX}{name}); use letters, digits and underscores"
+            )
+        if not isinstance(value, (str, int, float, bool, PipelineParameter)):
+            out.append(
+                f"{where}: params '{name}' is a {type(value).__name__}; give a str, int, float, "
+                "bool or PipelineParameter (it is delivered as an environment variable)"
+            )
+    return out
+
+
+def _source_name_clashes(steps: Sequence[Step]) -> list[str]:
+    """Different data declared under one name (two DataReferences named after ``posts.json``
+    in two folders): one asset per name, so one of them would be silently ignored."""
+    places: dict[str, set[str]] = {}
+    for step in steps:
+        # Every declaration, not all_inputs(): that keeps one input per name.
+        for i in [*step.arguments, *step.inputs]:
+            if isinstance(i, DatasetInput) and isinstance(i.dataset, SourceDataset):
+                places.setdefault(i.dataset.name, set()).add(f"{i.dataset.datastore}:{i.dataset.path}")
+    return [
+        f"two different datasets are named '{name}' ({', '.join(sorted(where))}); give each its "
+        "own name (name=, or data_reference_name= of a DataReference)"
+        for name, where in sorted(places.items())
+        if len(where) > 1
+    ]
 
 
 def _datapath_parameters(step: Step) -> list[DataPathParameter]:

@@ -22,21 +22,32 @@ from typing import Any
 
 from aml_assets.compute import environments
 from aml_assets.compute.cluster import CpuCluster
-from aml_assets.compute.launch import StepLaunch, run_script_process, run_spark_in_process
+from aml_assets.compute.launch import (
+    PARAM_ENV_PREFIX,
+    StepLaunch,
+    run_script_process,
+    run_spark_in_process,
+)
 from aml_assets.compute.spark import SparkPool, is_speed_only
 from aml_assets.data.content import StatCache
 from aml_assets.data.datasets import DatasetInput, DatasetRef, InputMode, OutputDataset
 from aml_assets.data.datastore import Datastore, default_work_dir
-from aml_assets.errors import ComputeTargetError
+from aml_assets.data.references import reference_env
+from aml_assets.errors import ComputeTargetError, StepFailedError
 from aml_assets.pipeline.parameters import PipelineParameter
 from aml_assets.pipeline.steps import Step, SynapseSparkStep
 from aml_assets.reuse.attempt import Attempt
-from aml_assets.reuse.code import step_code
+from aml_assets.reuse.code import CodeManifest, step_code
 from aml_assets.reuse.decision import Decision, decide
 from aml_assets.reuse.fingerprint import StepFingerprint
 from aml_assets.reuse.ledger import StepLedger
 from aml_assets.reuse.records import Commit, PublishedOutput, RunRecord
 from aml_assets.reuse.verify import check_output
+
+
+class StepNotStartedError(StepFailedError):
+    """A step was not started because another step of its run had failed
+    (``continue_on_step_failure=False``); nothing was published."""
 
 
 @dataclass
@@ -70,6 +81,9 @@ class StepExecution:
     dagster_context: Any = None
     #: Secret values of the datastores the step can reach: kept out of its process and output.
     secrets: list[str] = field(default_factory=list)
+    #: False: the step is not started once a step of its run has failed (the pipeline's
+    #: ``continue_on_step_failure``).
+    continue_on_failure: bool = True
     #: The step's isolated environment, resolved once per execution (``resolved_environment``).
     _resolved: environments.ResolvedEnvironment | None = field(default=None, init=False, repr=False)
 
@@ -154,12 +168,32 @@ class StepExecution:
         }
         if step.kind == "spark":
             settings["spark_conf"] = self.spark_conf()
+        # Only when given, so a step without them keeps the fingerprint it always had.
+        if step.version is not None:
+            settings["version"] = step.version
+        if step.param_values():
+            # A literal as the script receives it (the variable's text: 1 and "1" are the same
+            # to it); a PipelineParameter by name, its run value being in ``parameters``.
+            settings["params"] = {
+                name: {"parameter": v.name} if isinstance(v, PipelineParameter) else {"value": str(v)}
+                for name, v in sorted(step.param_values().items())
+            }
         return settings
+
+    def parameter_env(self) -> dict[str, str]:
+        """The step's ``params`` as the environment variables its script reads
+        (``AML_PARAMETER_<name>``), pipeline parameters resolved to this run's values."""
+        return {
+            f"{PARAM_ENV_PREFIX}{name}": str(
+                self.parameter_values[v.name] if isinstance(v, PipelineParameter) else v
+            )
+            for name, v in self.step.param_values().items()
+        }
 
     def fingerprint(self) -> tuple[StepFingerprint, list[str]]:
         """Everything that determines this step's result, and notes on how the code was found."""
         step = self.step
-        code = step_code(step.script, Path(step.source_directory), step.hash_paths, self.stat_cache)
+        code = self.code()
         fp = StepFingerprint(
             step=step.name,
             code=code.files,
@@ -173,7 +207,20 @@ class StepExecution:
             environment=self.environment(),
             settings=self.settings(),
         )
+        # Not in it: the steps this one runs after (run_after). They pass it no data, so they
+        # cannot change its result; a script that reads what another step left outside its
+        # outputs should read that output as an input (then it is in ``inputs``).
         return fp, list(code.notes)
+
+    def code(self) -> CodeManifest:
+        """The step's code: the script's import closure, the source directory's other files and
+        ``hash_paths`` (a CommandStep, whose command may run anything, counts every file)."""
+        step = self.step
+        return step_code(step.script, Path(step.source_directory), step.hash_paths, self.stat_cache)
+
+    def script_label(self) -> str:
+        """What failure messages call the step's code: its script, relative to the project."""
+        return self.code_label(self.step.script)
 
     def code_label(self, path: str) -> str:
         """A code path as the user knows it: relative to the source directory's parent."""
@@ -206,6 +253,8 @@ class StepExecution:
     def execute(self) -> StepResult:
         """Reuse a committed result when nothing that determines it changed; else run."""
         step, log = self.step, self.log
+        if not self.continue_on_failure:
+            self._refuse_after_failure()
         fp, notes = self.fingerprint()
         digest, components = fp.digest, fp.components()
         for note in notes:
@@ -225,7 +274,7 @@ class StepExecution:
             status="reused" if decision.reuse else "started",
             reasons=decision.reasons,
             reused_from_run=decision.commit.run_id if decision.commit else None,
-            code_prefix=Path(step.source_directory).name,
+            code_prefix=Path(step.source_directory).name if step.source_directory else "",
             notes=notes,
         )
         ledger.start_record(record, previous)
@@ -246,6 +295,42 @@ class StepExecution:
             raise
         ledger.finish_record(record, "ran")
         return self._result(commit, reused=False, reasons=decision.reasons)
+
+    def _run_context(self) -> dict[str, Any]:
+        """What ``Run.get_context()`` tells a script of its pipeline run: ``tags`` (the run's
+        own, not Dagster's or aml-assets' bookkeeping) and ``parent`` (the pipeline run)."""
+        logs = {"std_log_output": self.step.std_log_output}
+        context = self.dagster_context
+        if context is None:
+            return {"tags": {}, "parent": {"run_id": self.run_id}, **logs}
+        tags = {
+            k: v for k, v in context.run.tags.items()
+            if not k.startswith(("dagster/", ".dagster/", "aml/", "dagster-"))
+        }
+        return {"tags": tags, "parent": {"run_id": self.run_id, "pipeline": context.job_name}, **logs}
+
+    def _refuse_after_failure(self) -> None:
+        """With ``continue_on_step_failure=False``: start no step once one of the run failed.
+
+        Asked of the run's event log (not of an executor), so it holds however the run's steps
+        are executed: one after another, in threads, or on other machines.
+        """
+        context = self.dagster_context
+        if context is None:
+            return
+        from dagster import DagsterEventType
+
+        records = context.instance.get_records_for_run(
+            self.run_id, of_type=DagsterEventType.STEP_FAILURE, limit=1
+        ).records
+        if records:
+            failed = records[0].event_log_entry.step_key or "?"
+            raise StepNotStartedError(
+                f"Step '{self.step.name}' was not started: step '{failed}' failed earlier in this "
+                "run, and the pipeline stops at the first failure (continue_on_step_failure="
+                "False). Nothing was published; set continue_on_step_failure=True to run the "
+                "steps that do not depend on a failed one."
+            )
 
     def _result(self, commit: Commit, reused: bool, reasons: list[str]) -> StepResult:
         input_versions = {
@@ -339,7 +424,7 @@ class StepExecution:
                 launch = StepLaunch(
                     step=step.name,
                     script=Path(step.script_path),
-                    script_label=self.code_label(step.script),
+                    script_label=self.script_label(),
                     source_directory=Path(step.source_directory),
                     arguments=self._resolve_arguments(handles, attempt.out_dirs),
                     context={
@@ -350,6 +435,7 @@ class StepExecution:
                         "parameters": {
                             p.name: self.parameter_values[p.name] for p in step.parameters()
                         },
+                        **self._run_context(),
                     },
                     workdir=workdir,
                     log=self.log,
@@ -358,19 +444,28 @@ class StepExecution:
                     python=None if step.kind == "spark" else python,
                     isolated=isolated and step.kind != "spark",
                     env_vars=dict(step.effective_environment().env_vars),
+                    parameter_env={
+                        **self.parameter_env(),
+                        # v1's AZUREML_DATAREFERENCE_<name> (DataReference, PipelineData)
+                        **reference_env(step.all_inputs(), step.all_outputs(), handles, attempt.out_dirs),
+                    },
                     spark_python=python if isolated and step.kind == "spark" else None,
-                    spark_conf=step.spark_conf() if isinstance(step, SynapseSparkStep) else {},
+                    spark_conf=step.spark_overrides() if isinstance(step, SynapseSparkStep) else {},
                     readonly_paths=readonly,
                     secrets=self.secrets,
                     datastore_credentials=step.datastore_credentials,
                 )
-                if isinstance(self.compute, SparkPool):
-                    metrics = run_spark_in_process(self.compute, launch)
-                else:
-                    metrics = run_script_process(self.compute, launch)
+                metrics = self.launch(launch, attempt.out_dirs, components)
                 return attempt.publish(components, metrics)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def launch(self, launch: StepLaunch, out_dirs: dict[str, Path], components: dict[str, Any]) -> dict[str, Any]:
+        """Run the step's code on its compute target (outputs into ``out_dirs``); its metrics.
+        A step kind that runs otherwise (``ParallelRunStep``: many worker processes) overrides it."""
+        if isinstance(self.compute, SparkPool):
+            return run_spark_in_process(self.compute, launch)
+        return run_script_process(self.compute, launch)
 
     # --- inputs and arguments -----------------------------------------------------------------
     def _deliver_inputs(self, workdir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:

@@ -226,6 +226,8 @@ def store_snapshot(pipeline: Pipeline, store: Datastore) -> PipelineSnapshot:
         trees: dict[str, str] = {}
         by_folder: dict[tuple[Path, str], str] = {}
         for step in pipeline.steps:
+            if not step.runs_code:
+                continue  # a DataTransferStep: no code to freeze
             key = (Path(step.source_directory), step.script)
             if key not in by_folder:
                 by_folder[key] = _store_tree(step, store, cache, checked)
@@ -255,7 +257,9 @@ def snapshot_files(step: Step, cache: StatCache | None = None) -> list[tuple[str
     }
     # Whatever the code hash counts is frozen too (e.g. a module imported from a hidden folder),
     # so a published run hashes the same code as a live one. hash_paths are left out (absolute).
-    for rel in step_code(step.script, source, (), cache).files:
+    # (A CommandStep's code is its whole folder, listed above: its runner is not in it.)
+    closure = step_code(step.script, source, (), cache).files if step.script_path.is_relative_to(source) else {}
+    for rel in closure:
         if not rel.startswith("/"):
             files.setdefault(rel, source / rel)
     return sorted(files.items())
@@ -534,6 +538,8 @@ def step_for_run(step: Step, tags: Mapping[str, str], store: Datastore, log: Any
             )
         return step
     snapshot = load_snapshot(store, digest)
+    if not step.runs_code:
+        return step  # a DataTransferStep runs no code: nothing was frozen
     label = _published_label(tags, digest)
     if step.name not in snapshot.trees:
         raise SnapshotError(

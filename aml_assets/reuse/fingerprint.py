@@ -80,6 +80,10 @@ def _setting_label(group: str, path: tuple[str, ...]) -> str:
         return f"output {path[1]}: {'.'.join(path[2:])}"
     if group == "settings" and path[0] == "spark_conf" and len(path) > 1:
         return f"Spark setting {'.'.join(path[1:])}"
+    if group == "settings" and path[0] == "params" and len(path) > 1:
+        # {"value": text} or {"parameter": name}: "params mode (AML_PARAMETER_mode)".
+        kind = " pipeline parameter" if path[2:] == ("parameter",) else ""
+        return f"params {path[1]} (AML_PARAMETER_{path[1]}){kind}"
     return f"{group} {'.'.join(path)}"
 
 
@@ -131,8 +135,13 @@ def explain_difference(
             f" -> {_describe_value(new.get('arguments'))})"
         )
     reasons.extend(_environment_changes(old.get("environment", {}), new.get("environment", {})))
-    old_s, new_s = _flatten(old.get("settings", {})), _flatten(new.get("settings", {}))
-    if old_s == new_s and old.get("settings", {}) != new.get("settings", {}):
+    old_settings, new_settings = dict(old.get("settings", {})), dict(new.get("settings", {}))
+    # The step's own version label (Azure's version=) reads as the user wrote it.
+    old_version, new_version = old_settings.pop("version", None), new_settings.pop("version", None)
+    if old_version != new_version:
+        reasons.append(f"version changed: {old_version or 'none'} -> {new_version or 'none'}")
+    old_s, new_s = _flatten(old_settings), _flatten(new_settings)
+    if old_s == new_s and old_settings != new_settings:
         reasons.append("settings changed")  # only in form ({} vs absent): say so anyway
     for key in sorted(set(old_s) | set(new_s)):
         if old_s.get(key, _UNSET) != new_s.get(key, _UNSET):

@@ -1,0 +1,1 @@
+"""``azureml.pipeline``'s v1 paths: ``steps`` and ``core``."""
