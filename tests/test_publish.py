@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -366,6 +367,61 @@ def test_a_published_version_is_pinned_to_its_step_environments(tmp_path, datast
     with pytest.raises(SnapshotError, match="no longer matches.*environment"):
         step_for_run(pinned("1.17.0").steps[0], v1.run_tags(), datastore, LOG)
     assert pinned("1.17.0").publish("mini_env", datastore=datastore).version == 2
+
+
+@pytest.mark.parametrize(
+    "change, where",
+    [
+        ({"version": "2"}, "version"),
+        ({"params": {"mode": "slow"}}, "params.mode"),
+        ({"params": {"mode": "fast", "extra": "1"}}, "params.extra"),
+        ({"std_log_output": "result"}, "std_log_output"),
+    ],
+)
+def test_a_published_version_is_pinned_to_its_v1_settings(tmp_path, datastore, change, where):
+    """A step's version label, its params (AML_PARAMETER_ variables) and the output that keeps
+    its printed log determine its result: version 1 never silently runs with other ones, and a
+    step declaring none keeps the structure its versions were published with."""
+    import dataclasses
+
+    mini_project(tmp_path)
+
+    def with_settings(**settings):
+        pipeline = mini_pipeline(tmp_path)
+        pipeline.steps = [dataclasses.replace(pipeline.steps[0], **settings)]
+        return pipeline
+
+    base = {"version": "1", "params": {"mode": "fast"}}
+    v1 = with_settings(**base).publish("mini_v1", datastore=datastore)
+    assert with_settings(**base).publish("mini_v1", datastore=datastore).id == v1.id
+    problems = v1.structure_problems(with_settings(**{**base, **change}))
+    assert len(problems) == 1 and where in problems[0], problems
+    with pytest.raises(SnapshotError, match="no longer matches"):
+        step_for_run(with_settings(**{**base, **change}).steps[0], v1.run_tags(), datastore, LOG)
+    # Without any of them, the structure is what it was before they existed.
+    plain = mini_pipeline(tmp_path).publish("mini_plain", datastore=datastore)
+    assert plain.structure_problems(mini_pipeline(tmp_path)) == []
+
+
+def test_a_published_version_is_pinned_to_its_run_after_order(tmp_path, datastore):
+    mini_project(tmp_path)
+
+    def ordered(after: bool):
+        pipeline = mini_pipeline(tmp_path)
+        train = pipeline.steps[0]
+        first = dataclasses.replace(train, name="first", outputs=[], ordered_after=[], arguments=[
+            "--data", train.arguments[1], "--out", OutputDataset("first_out", format="files"),
+            "--factor", train.arguments[5],
+        ])
+        if after:
+            train.run_after(first)
+        pipeline.steps = [first, train]
+        return pipeline
+
+    v1 = ordered(after=True).publish("mini_order", datastore=datastore)
+    problems = v1.structure_problems(ordered(after=False))
+    assert any("run_after" in p for p in problems), problems
+    assert v1.structure_problems(ordered(after=True)) == []
 
 
 def test_a_tampered_snapshot_object_is_refused_and_publishing_again_repairs_it(tmp_path, datastore):

@@ -171,13 +171,8 @@ class StepExecution:
         # Only when given, so a step without them keeps the fingerprint it always had.
         if step.version is not None:
             settings["version"] = step.version
-        if step.param_values():
-            # A literal as the script receives it (the variable's text: 1 and "1" are the same
-            # to it); a PipelineParameter by name, its run value being in ``parameters``.
-            settings["params"] = {
-                name: {"parameter": v.name} if isinstance(v, PipelineParameter) else {"value": str(v)}
-                for name, v in sorted(step.param_values().items())
-            }
+        if params := step.params_settings():
+            settings["params"] = params
         return settings
 
     def parameter_env(self) -> dict[str, str]:

@@ -103,9 +103,10 @@ def step_structure(step: Step) -> dict[str, Any]:
     """The parts of a step's declaration a published version is pinned to (JSON-able).
 
     Kind, script, symbolic arguments, inputs (with their datasets' declarations), outputs,
-    compute target, the declarations of the parameters it uses and its Python environment (the
+    compute target, the declarations of the parameters it uses, its Python environment (the
     request: pins, requirements file content, Python, env vars; a version must not silently run
-    with other packages). Paths on this machine (``source_directory``, ``hash_paths``, seed
+    with other packages), and when given its version label, params, run_after order and its
+    kind's own settings (a command's shell, a parallel run's mini-batching). Paths on this machine (``source_directory``, ``hash_paths``, seed
     files) and speed-only settings are left out.
     """
     structure = _plain(
@@ -132,6 +133,19 @@ def step_structure(step: Step) -> dict[str, Any]:
             },
         }
     )
+    # Declarations added with the v1 surface, each only when given (a step without them keeps
+    # the structure its published versions were pinned to): a published version must not run
+    # with another version label, other params, another order or another kind's settings.
+    kind_settings = getattr(step, "kind_settings", None)
+    extras = {
+        "version": step.version,
+        "params": step.params_settings() or None,
+        "run_after": sorted(s.name for s in step.ordered_after) or None,
+        "std_log_output": step.std_log_output,
+        "shell": getattr(step, "shell", None),
+        "parallel": kind_settings() if callable(kind_settings) else None,
+    }
+    structure.update({k: _plain(v) for k, v in extras.items() if v is not None})
     env = step.effective_environment()
     if env != type(env)():  # a step without an environment of its own keeps its old structure
         structure["environment"] = _plain({

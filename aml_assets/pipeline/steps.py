@@ -154,6 +154,15 @@ class Step:
         """The step's ``params`` (name -> literal or PipelineParameter); none for this kind."""
         return {}
 
+    def params_settings(self) -> dict[str, dict[str, str]]:
+        """The step's ``params`` as they determine its result: a literal as the script receives
+        it (the variable's text: 1 and "1" are the same to it); a PipelineParameter by name, its
+        run value being the run's. Empty without params."""
+        return {
+            name: {"parameter": v.name} if isinstance(v, PipelineParameter) else {"value": str(v)}
+            for name, v in sorted(self.param_values().items())
+        }
+
     def own_problems(self, where: str, resources: Mapping[str, Any] | None) -> list[str]:
         """What is wrong with this kind of step's own settings (validation lists them with the
         pipeline's); none for script steps, whose settings the pipeline checks itself."""
