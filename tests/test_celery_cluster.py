@@ -90,8 +90,14 @@ def _project(root: Path, tag: str, n: int, sleep: float = 0.0, targets: dict | N
 
 
 def _home(path: Path) -> Path:
+    """A Dagster home whose SQLite storage exists before any process uses it: two ``dagster job
+    execute`` (and their steps' workers) opening a fresh home at once race on creating it
+    ("alembic_version has more than one head"), as ``make run`` avoids with the same call."""
+    from aml_assets.service.instance import ensure_instance
+
     path.mkdir(parents=True, exist_ok=True)
     (path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    ensure_instance(path)
     return path
 
 
