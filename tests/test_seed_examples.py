@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.runs import materializations, reused, run_job, step_failure_messages
+from tests.support.v1_port import v1_script_main
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "v1_port" / "create_run_track"
@@ -93,25 +94,8 @@ def test_seed_create_run_track_pipeline_runs_end_to_end(port, instance, isolated
 def test_seed_pipeline_submitted_as_the_article_does(port, tmp_path, monkeypatch):
     """``Experiment(ws, 'Compare_Models_Exp').submit(pipeline1)`` and
     ``wait_for_completion()``: the script's own __main__, on the instance in DAGSTER_HOME."""
-    from aml_assets.compat.core import _objects
-
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    experiments = []
-    original = _objects.Experiment.__init__
-
-    def remember(self, *args, **kw):
-        original(self, *args, **kw)
-        experiments.append(self)
-
-    monkeypatch.setattr(_objects.Experiment, "__init__", remember)
-    sys.modules.pop("pipeline", None)
-    try:
-        done = runpy.run_path(str(port / "pipeline.py"), run_name="__main__")
-    finally:
-        for experiment in experiments:  # v1 code never closes it: stop its code server now
-            experiment.close()
+    with v1_script_main(port / "pipeline.py", tmp_path / "dagster_home", monkeypatch) as done:
+        pass
     run = done["pipeline_run1"]
     assert run.get_status() == "Finished" and run.experiment_name == "Compare_Models_Exp"
     assert {s.name for s in run.get_steps()} == {"extract", "train", "compare"}

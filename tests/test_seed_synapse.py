@@ -22,6 +22,7 @@ import pytest
 from aml_assets import DatasetRegistry, LocalDatastore, SparkPool
 from aml_assets.cli import main as cli
 from tests.support.runs import materializations, reused, run_job, step_failure_messages
+from tests.support.v1_port import v1_script_main
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "v1_port" / "synapse"
@@ -181,28 +182,10 @@ def test_the_v1_surface_the_sample_uses(tmp_path):
 def test_seed_synapse_sample_submitted_as_the_article_does(port, isolated_env, tmp_path, monkeypatch):
     """``pipeline.submit('synapse-pipeline', regenerate_outputs=True)``: the script's own
     __main__, on the instance in DAGSTER_HOME (through ``workspace.yaml`` -> ``definitions.py``)."""
-    from aml_assets.compat.core import _objects
-
     assert cli(["datasets", "upload", "Titanic.csv"], out=io.StringIO()) == 0
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    experiments = []
-    original = _objects.Experiment.__init__
-
-    def remember(self, *args, **kw):
-        original(self, *args, **kw)
-        experiments.append(self)
-
-    monkeypatch.setattr(_objects.Experiment, "__init__", remember)
-    sys.modules.pop("pipeline", None)
-    try:
-        done = runpy.run_path(str(port / "pipeline.py"), run_name="__main__")
+    with v1_script_main(port / "pipeline.py", tmp_path / "dagster_home", monkeypatch) as done:
         run = done["pipeline_run"]
         run.wait_for_completion(show_output=False)
-    finally:
-        for experiment in experiments:  # v1 code never closes it: stop its code server now
-            experiment.close()
     assert run.get_status() == "Finished" and run.experiment_name == "synapse-pipeline"
     assert {s.name for s in run.get_steps()} == {"synapse_spark", "train"}
     assert DatasetRegistry(LocalDatastore()).get("registered_dataset").version == 1
